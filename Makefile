@@ -25,12 +25,12 @@ setup: $(VENV)/.installed
 
 # Main job: the offline default pipeline end to end.
 run: setup
-	dvc pull -q data.dvc
+	dvc pull -q data.dvc evalsets.dvc
 	dvc repro
 
 # Tests: the whole suite (slow tests included), lint first.
 test: setup
-	dvc pull -q data.dvc
+	dvc pull -q data.dvc evalsets.dvc
 	ruff check src stages tests benchmarks
 	pytest -q
 
@@ -39,7 +39,7 @@ lint: setup
 	ruff format --check src stages tests benchmarks
 
 bench: setup
-	dvc pull -q data.dvc
+	dvc pull -q data.dvc evalsets.dvc
 	python benchmarks/bench_fetch_filter.py
 	python benchmarks/bench_annotate.py
 	python benchmarks/bench_aggregate.py

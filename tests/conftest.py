@@ -21,6 +21,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: The 500-row HuggingFaceH4/ultrafeedback_binarized train_prefs sample tracked by data.dvc.
 H4_SAMPLE = ROOT / "data" / "raw" / "uf_binarized_h4_train_prefs_500.jsonl.gz"
+#: AlpacaEval 2.0 and IFEval files tracked by evalsets.dvc (data/PROVENANCE.md).
+EVALSETS = ROOT / "data" / "evalsets"
 
 
 def tool_env() -> dict[str, str]:
@@ -55,6 +57,21 @@ def h4_sample() -> Path:
         run([str(Path(sys.executable).parent / "dvc"), "pull", "-q", "data.dvc"], cwd=ROOT)
     assert H4_SAMPLE.exists(), "dvc pull data.dvc did not restore the sample"
     return H4_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def evalsets() -> Path:
+    """The shipped evaluation files (``data/evalsets``), pulled from the bundled remote when missing.
+
+    Layout: ``alpaca_eval/gpt4_1106_preview.json.gz`` (reference outputs),
+    ``alpaca_eval/annotations/<model>.weighted_alpaca_eval_gpt4_turbo.annotations.json.gz``,
+    ``alpaca_eval/leaderboard/*.csv``, ``ifeval/input_data.jsonl.gz``.
+    """
+    marker = EVALSETS / "alpaca_eval" / "gpt4_1106_preview.json.gz"
+    if not marker.exists():
+        run([str(Path(sys.executable).parent / "dvc"), "pull", "-q", "evalsets.dvc"], cwd=ROOT)
+    assert marker.exists(), "dvc pull evalsets.dvc did not restore data/evalsets"
+    return EVALSETS
 
 
 def copy_project(dest: Path) -> Path:

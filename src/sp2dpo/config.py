@@ -656,6 +656,129 @@ class AggregateConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# eval
+# --------------------------------------------------------------------------------------------
+
+
+def _judge_default() -> TeacherConfig:
+    return TeacherConfig(
+        id="gemma3-judge", backend="local", model="local:gemma3-270m", max_input_tokens=1536
+    )
+
+
+def _judge_decoding_default() -> DecodingConfig:
+    return DecodingConfig(temperature=0.0, top_p=1.0, max_tokens=1, seed=42)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Fixed decoding of the students when they answer evaluation instructions."""
+
+    max_new_tokens: int = _field(256, "Answer-token cap per instruction (AlpacaEval runs: 2048).")
+    temperature: float = _field(0.0, "0: greedy decoding; > 0: sampling with `seed`.")
+    top_p: float = _field(1.0, "Nucleus mass when sampling.")
+    repetition_penalty: float = _field(1.0, "transformers repetition penalty (1.0: off).")
+    batch_size: int = _field(8, "Instructions generated together (left-padded batches).")
+    max_input_tokens: int = _field(1024, "Prompt tokens kept (the instruction's start is kept).")
+    seed: int = _field(42, "Seed of sampling (unused when greedy).")
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.max_input_tokens < 8:
+            raise ConfigError("eval.generation: max_new_tokens, batch_size >= 1; max_input_tokens >= 8")
+        if not 0.0 <= self.temperature <= 2.0 or not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("eval.generation: temperature in [0, 2], top_p in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlpacaEvalConfig:
+    """AlpacaEval 2.0: instructions, reference outputs and the length-controlled GLM."""
+
+    reference_outputs: str = _field(
+        "data/evalsets/alpaca_eval/gpt4_1106_preview.json.gz",
+        "Reference (baseline) outputs in AlpacaEval's model-outputs format; their instructions are "
+        "the evaluation set (805, AlpacaEval order).",
+    )
+    limit: int | None = _field(
+        8, "Evaluate a seeded subset of this many instructions (null: all 805). Offline default: 8."
+    )
+    seed: int = _field(42, "Seed of the instruction subset and of the per-item side order.")
+    instruction_difficulty: str | None = _field(
+        None,
+        "Path to alpaca_eval's `instruction_difficulty.csv` (HF dataset tatsu-lab/alpaca_eval); "
+        "with `df_gamed`, gives the official length-controlled GLM. null: the labelled offline "
+        "estimate.",
+    )
+    df_gamed: str | None = _field(
+        None, "Path to alpaca_eval's `df_gamed.csv` (regularisation toward the gamed baselines)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.alpaca_eval.limit must be a positive integer or null, got {self.limit}")
+        if (self.instruction_difficulty is None) != (self.df_gamed is None):
+            raise ConfigError(
+                "eval.alpaca_eval: set both instruction_difficulty and df_gamed (the official GLM "
+                "needs both) or neither (offline estimate)"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class IFEvalConfig:
+    """IFEval, scored offline by the rule-based `if-verifiable` checkers."""
+
+    enabled: bool = _field(True, "Run IFEval.")
+    input: str = _field(
+        "data/evalsets/ifeval/input_data.jsonl.gz",
+        "IFEval prompts (`key, prompt, instruction_id_list, kwargs` per line; .jsonl or .jsonl.gz).",
+    )
+    limit: int | None = _field(8, "Seeded subset of this many prompts (null: all 541).")
+    seed: int = _field(42, "Seed of the prompt subset.")
+    max_new_tokens: int = _field(256, "Answer-token cap (overrides eval.generation.max_new_tokens).")
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"eval.ifeval.limit must be a positive integer or null, got {self.limit}")
+        if self.max_new_tokens < 1:
+            raise ConfigError("eval.ifeval.max_new_tokens must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The ``eval`` stage: AlpacaEval 2.0 (WR, LC) and IFEval for the base student and each method."""
+
+    methods: list[str] | None = _field(
+        None, "What to evaluate per student: `base` and/or train method names (null: base + all)."
+    )
+    generation: GenerationConfig = _field(GenerationConfig(), "Student decoding.")
+    alpaca_eval: AlpacaEvalConfig = _field(AlpacaEvalConfig(), "AlpacaEval 2.0 set and LC GLM.")
+    judge: TeacherConfig = _field(
+        _judge_default(),
+        "The pairwise judge: a teacher-shaped entry (backend `openai` for any OpenAI-compatible "
+        "endpoint, e.g. configs/eval/gpt4-turbo-judge.yaml; `local` offline).",
+    )
+    judge_decoding: DecodingConfig = _field(
+        _judge_decoding_default(),
+        "Judge decoding: greedy, one output token, retries and timeouts.",
+    )
+    judge_file: str | None = _field(
+        None, "YAML file with `judge` (and optionally `judge_decoding`) replacing the ones above."
+    )
+    allow_teacher_judge: bool = _field(
+        False,
+        "Allow a judge that is also a teacher of the panel (refused otherwise). The offline "
+        "default sets it: both packaged models are teachers.",
+    )
+    ifeval: IFEvalConfig = _field(IFEvalConfig(), "IFEval settings.")
+
+    def __post_init__(self) -> None:
+        if self.methods is not None:
+            if not self.methods:
+                raise ConfigError("eval.methods must be null or a non-empty list")
+            if len(set(self.methods)) != len(self.methods):
+                raise ConfigError(f"eval.methods must be unique, got {self.methods}")
+
+
+# --------------------------------------------------------------------------------------------
 # registry and loading
 # --------------------------------------------------------------------------------------------
 
@@ -682,6 +805,7 @@ SECTIONS: dict[str, type] = {
     "annotate": AnnotateConfig,
     "aggregate": AggregateConfig,
     "beta": BetaConfig,
+    "eval": EvalConfig,
 }
 
 

@@ -166,3 +166,19 @@ def write_table(
             frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
         else:
             frame.to_json(tmp, orient="records", force_ascii=False, indent=2)
+
+
+def save_figure(fig: Any, path: str | Path, **adjust: float) -> Path:
+    """Save a matplotlib figure as PNG atomically, without the software/time metadata (stable
+    bytes on re-run), and close it.
+
+    Margins are fixed (``adjust`` -> ``subplots_adjust``) rather than computed by
+    ``tight_layout``, which costs more than the drawing itself.
+    """
+    from matplotlib import pyplot as plt
+
+    fig.subplots_adjust(**({"left": 0.08, "right": 0.97, "top": 0.88} | adjust))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return Path(path)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sp2dpo import artifacts
 from sp2dpo.schemas import CATEGORIES
 
 #: Histogram bins of the beta distribution (over the envelope) and of the disagreement measures.
@@ -264,7 +265,6 @@ def write(
     Returns:
         The paths written.
     """
-    from sp2dpo import artifacts
 
     report_dir = Path(report_dir)
     plot_dir = report_dir / "aggregate"
@@ -306,7 +306,7 @@ def _draw(tables: dict[str, pd.DataFrame], annotators: Sequence[str], plot_dir: 
         ax2.set(title="by dominant category (share within category)", xlabel="beta", ylabel="share")
         if ax2.lines:
             ax2.legend(fontsize=7)
-        paths.append(_save(fig, plot_dir / "beta_distribution.png", bottom=0.14, wspace=0.22))
+        paths.append(artifacts.save_figure(fig, plot_dir / "beta_distribution.png", bottom=0.14, wspace=0.22))
 
         # category mix per teacher
         t = tables["category_mix"]
@@ -321,7 +321,7 @@ def _draw(tables: dict[str, pd.DataFrame], annotators: Sequence[str], plot_dir: 
             title="category mix of the prompt-ensemble vote", ylabel="share of pairs", ylim=(0, 1)
         )
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        paths.append(_save(fig, plot_dir / "category_mix.png", right=0.8, bottom=0.12))
+        paths.append(artifacts.save_figure(fig, plot_dir / "category_mix.png", right=0.8, bottom=0.12))
 
         # teacher agreement matrices
         t = tables["teacher_agreement"]
@@ -357,7 +357,7 @@ def _draw(tables: dict[str, pd.DataFrame], annotators: Sequence[str], plot_dir: 
             ax.set_title(title if j > 1 else f"{title}\n(single teacher)")
             fig.colorbar(image, ax=ax, fraction=0.046)
         paths.append(
-            _save(fig, plot_dir / "teacher_agreement.png", bottom=0.2, right=0.93, wspace=0.45)
+            artifacts.save_figure(fig, plot_dir / "teacher_agreement.png", bottom=0.2, right=0.93, wspace=0.45)
         )
 
         # disagreement distributions
@@ -376,29 +376,12 @@ def _draw(tables: dict[str, pd.DataFrame], annotators: Sequence[str], plot_dir: 
         )
         ax1.legend(fontsize=7)
         ax2.legend(fontsize=7)
-        paths.append(_save(fig, plot_dir / "disagreement.png", bottom=0.14, wspace=0.22))
+        paths.append(artifacts.save_figure(fig, plot_dir / "disagreement.png", bottom=0.14, wspace=0.22))
 
         # tie-break rates
         t = tables["tie_breaks"]
         fig, ax = plt.subplots(figsize=(max(5, 1.0 * len(t) + 2), 3.2))
         ax.bar(t["annotator"], t["rate"], color="#dd8452")
         ax.set(title="tie-break rate of the category vote", ylabel="share of pairs", ylim=(0, 1))
-        paths.append(_save(fig, plot_dir / "tie_breaks.png", bottom=0.15))
+        paths.append(artifacts.save_figure(fig, plot_dir / "tie_breaks.png", bottom=0.15))
     return paths
-
-
-def _save(fig: Any, path: Path, **adjust: float) -> Path:
-    """Save a figure as PNG atomically, without the software/time metadata.
-
-    Margins are fixed (``adjust`` -> ``subplots_adjust``) rather than computed by
-    ``tight_layout``, which costs more than the drawing itself.
-    """
-    from matplotlib import pyplot as plt
-
-    from sp2dpo import artifacts
-
-    fig.subplots_adjust(**({"left": 0.08, "right": 0.97, "top": 0.88} | adjust))
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return path

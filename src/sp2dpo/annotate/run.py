@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import logging
 import math
 import sys
@@ -36,6 +35,7 @@ from sp2dpo.config import (
     PromptsConfig,
     TeacherConfig,
 )
+from sp2dpo.sampling import seeded_subset
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,8 @@ def select_pairs(pairs: pd.DataFrame, max_pairs: int | None, seed: int) -> pd.Da
     behind ``beta_random`` (``sha256(f"{seed}:{prompt_id}")``): with the same seed the subset
     would otherwise be exactly the pairs with the smallest random betas.
     """
-    if max_pairs is None or max_pairs >= len(pairs):
-        return pairs.reset_index(drop=True)
-    ranks = pairs["prompt_id"].map(
-        lambda pid: hashlib.sha256(f"{SUBSET_DOMAIN}:{seed}:{pid}".encode()).hexdigest()
-    )
-    keep = ranks.sort_values(kind="stable").index[:max_pairs]
-    return pairs.loc[sorted(keep)].reset_index(drop=True)
+    keep = seeded_subset(list(pairs["prompt_id"]), max_pairs, seed, SUBSET_DOMAIN)
+    return pairs.iloc[keep].sort_index().reset_index(drop=True)
 
 
 def plan_calls(

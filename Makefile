@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean plots browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,33 @@ run: setup
 	dvc pull -q data.dvc evalsets.dvc
 	dvc repro
 
+# Offline plot pages: vega, vega-lite and vega-embed (pinned in package-lock.json) inlined into an
+# HTML template for `dvc plots show`; `npm ci` rewrites node_modules/.package-lock.json (the stamp).
+PLOTS_TEMPLATE := build/plots/template.html
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+
+node_modules/.package-lock.json: package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(APT_INSTALL) nodejs npm >/dev/null; }
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Headless Chromium (Debian's) for the plot render test.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  command -v google-chrome >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium >/dev/null; }
+
+$(PLOTS_TEMPLATE): node_modules/.package-lock.json src/sp2dpo/plots_html.py | $(VENV)/.installed
+	python -m sp2dpo.plots_html -o $@
+	dvc config --local plots.html_template ../$(PLOTS_TEMPLATE)
+
+# Every plot of the workspace as one offline HTML page: build/plots/show/index.html.
+plots: $(PLOTS_TEMPLATE)
+	dvc plots show -o build/plots/show
+
 # Tests: the whole suite (slow tests included), lint first.
-test: setup
+test: setup node_modules/.package-lock.json browser
 	dvc pull -q data.dvc evalsets.dvc
 	ruff check src stages tests benchmarks
 	pytest -q
@@ -46,4 +71,4 @@ bench: setup
 	python benchmarks/bench_train.py
 
 clean:
-	rm -rf data/pairs data/annotate data/beta models mlflow.db mlartifacts mlruns
+	rm -rf data/pairs data/annotate data/beta data/eval models mlflow.db mlartifacts mlruns build/plots

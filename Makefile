@@ -69,6 +69,8 @@ bench: setup
 	python benchmarks/bench_annotate.py
 	python benchmarks/bench_aggregate.py
 	python benchmarks/bench_train.py
+	python benchmarks/bench_winrate.py
+	python benchmarks/bench_judge.py
 
 clean:
 	rm -rf data/pairs data/annotate data/beta data/eval models mlflow.db mlartifacts mlruns build/plots

@@ -15,6 +15,10 @@ Authorization header).
 
 With ``api_key`` set, any request without ``Authorization: Bearer <api_key>`` gets HTTP 401.
 ``latency_s`` delays every answer (the benchmark's fixed-latency server). Loopback only.
+
+``responder`` (optional) replaces the normal answer: a function of the request body returning
+``(content, top_logprobs)``; ``top_logprobs`` (a list of ``{"token", "logprob"}``, or None) is
+sent as the first token's ``logprobs`` in OpenAI's layout when the request has ``logprobs: true``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -50,12 +55,15 @@ class FaultServer:
         hang_s: float = 3.0,
         retry_after: str = "1",
         reply: dict[str, Any] | None = None,
+        responder: Callable[[dict[str, Any]], tuple[str | None, list[dict[str, Any]] | None]]
+        | None = None,
     ) -> None:
         self.latency_s = latency_s
         self.api_key = api_key
         self.hang_s = hang_s
         self.retry_after = retry_after
         self.reply = reply or GOOD
+        self.responder = responder
         self.requests: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -134,9 +142,17 @@ class FaultServer:
             return _error(401, "invalid_api_key", "Incorrect API key provided."), delay
         if mode == "echo_key":  # a careless upstream that echoes the credentials it received
             return _error(502, "bad_gateway", f"upstream rejected header {auth_header}"), delay
+        if self.responder is not None:
+            content, top = self.responder(body)
+            return self._chat(content, top_logprobs=top if body.get("logprobs") else None), delay
         return self._chat(json.dumps(self.reply)), delay
 
-    def _chat(self, content: str | None, finish_reason: str = "stop") -> tuple[int, dict[str, str], bytes]:
+    def _chat(
+        self,
+        content: str | None,
+        finish_reason: str = "stop",
+        top_logprobs: list[dict[str, Any]] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         payload = {
             "id": "chatcmpl-fault",
             "object": "chat.completion",
@@ -147,6 +163,11 @@ class FaultServer:
                          "finish_reason": finish_reason}],
             "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
         }
+        if top_logprobs is not None:
+            first = top_logprobs[0] if top_logprobs else {"token": content or "", "logprob": 0.0}
+            payload["choices"][0]["logprobs"] = {
+                "content": [{**first, "bytes": None, "top_logprobs": top_logprobs}]
+            }
         return 200, {"Content-Type": "application/json"}, json.dumps(payload).encode()
 
     def wait(self, seconds: float) -> None:

@@ -76,6 +76,44 @@ def test_start_run_logs_pinned_params_and_tags(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
+def test_log_eval_finds_the_training_run_of_the_adapter(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-eval")
+    root = Path(__file__).parent
+    runs = {}
+    # dpo and sp2dpo with the same adapter bytes (possible: beta_i constant = beta): the method
+    # decides which run gets the metrics.
+    for method in ("dpo", "sp2dpo"):
+        with tracking.start_run(f"smollm2-{method}", {}, {"method": method, "student": "smollm2"},
+                                root=root) as tr:
+            tr.set_tags({"adapter_sha256": "cd" * 32})
+        runs[method] = tr.run_id
+    pinned = {"method": "sp2dpo", "student": "smollm2"}
+    got = tracking.log_eval("smollm2-sp2dpo", {"alpaca_eval/win_rate": 12.5, "lc": None},
+                            adapter_sha="cd" * 32, flat_params={"eval.alpaca_eval.limit": 8},
+                            pinned=pinned, root=root)
+    assert got == runs["sp2dpo"]
+    run_data = mlflow.MlflowClient().get_run(got).data
+    assert run_data.metrics["eval/alpaca_eval/win_rate"] == 12.5
+    assert "eval/lc" not in run_data.metrics  # None is not logged
+    assert run_data.tags["eval_dvc_exp"] == "exp-eval"
+    assert "eval/alpaca_eval/win_rate" not in mlflow.MlflowClient().get_run(runs["dpo"]).data.metrics
+
+    # The base student (no adapter) and an adapter whose run is not in the store: runs of their own.
+    base = tracking.log_eval("smollm2-base", {"alpaca_eval/win_rate": 3.0}, adapter_sha=None,
+                             flat_params={}, pinned={"method": "base", "student": "smollm2"}, root=root)
+    other = tracking.log_eval("smollm2-dpo", {"alpaca_eval/win_rate": 4.0}, adapter_sha="ef" * 32,
+                              flat_params={}, pinned={"method": "dpo", "student": "smollm2"}, root=root)
+    client = mlflow.MlflowClient()
+    eval_exp = client.get_experiment_by_name(tracking.EVAL_EXPERIMENT).experiment_id
+    assert {client.get_run(r).info.experiment_id for r in (base, other)} == {eval_exp}
+    assert client.get_run(base).data.params["method"] == "base"
+    assert len({base, other, *runs.values()}) == 4
+    mlflow.set_tracking_uri(None)
+
+
 # --------------------------------------------------------------------------------------------
 # end to end: dvc repro of the train matrix, then the MLflow server's REST API
 # --------------------------------------------------------------------------------------------

@@ -288,6 +288,37 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from sp2dpo.evaluate import run
+
+    report = run.run(args.student, params_path=args.params, track=not args.no_track)
+    _print_json({m: e.get("alpaca_eval") | {"ifeval": e.get("ifeval")} for m, e in report["methods"].items()})
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="AlpacaEval 2.0 (judge, WR, LC) and IFEval for a student's base model and adapters",
+        description="The eval stage for one student: answers, judge annotations, win rates, IFEval.",
+    )
+    p.add_argument("student", help="a name in params.yaml train.students")
+    p.add_argument("--params", default=str(config.DEFAULT_PARAMS))
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _add_winrate(sub: argparse._SubParsersAction) -> None:
+    from sp2dpo.evaluate import winrate
+
+    winrate.add_parser(sub)
+
+
+def _add_ifeval(sub: argparse._SubParsersAction) -> None:
+    from sp2dpo.evaluate import ifeval
+
+    ifeval.add_parser(sub)
+
+
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_fetch,
     _add_filter,
@@ -295,6 +326,9 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_aggregate,
     _add_audit,
     _add_train,
+    _add_eval,
+    _add_winrate,
+    _add_ifeval,
 ]
 
 

@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,11 @@ class Tracker:
 
         mlflow.log_dict(obj, artifact_file)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        import mlflow
+
+        mlflow.set_tags(dict(tags))
+
 
 def _metric_key(key: str) -> str:
     # MLflow allows alphanumerics, _ - . space : / ; map anything else to _.
@@ -176,3 +182,77 @@ def start_run(
     with mlflow.start_run(run_name=run_name, tags=all_tags) as active:
         mlflow.log_params({k: _param_value(v) for k, v in params.items()})
         yield Tracker(active)
+
+
+#: MLflow experiment of evaluation runs that have no training run (the base student).
+EVAL_EXPERIMENT = "sp2dpo-eval"
+
+
+def find_training_run(
+    adapter_sha: str, *, student: str, method: str, root: str | Path = "."
+) -> str | None:
+    """The newest training run of ``student`` x ``method`` whose adapter has this sha256 (tag
+    ``adapter_sha256``), or None. Two methods can produce identical adapters (e.g. a constant
+    beta_i equal to DPO's beta), hence the student and method in the filter."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri(root))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None or not adapter_sha:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(
+            f"tags.adapter_sha256 = '{adapter_sha}' and params.student = '{student}' "
+            f"and params.method = '{method}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_eval(
+    run_name: str,
+    metrics: Mapping[str, float | None],
+    *,
+    adapter_sha: str | None,
+    flat_params: Mapping[str, Any],
+    pinned: Mapping[str, Any],
+    root: str | Path = ".",
+    artifacts: Mapping[str, str | Path] | None = None,
+) -> str:
+    """Log evaluation metrics (keys prefixed ``eval/``) where the evaluated model came from.
+
+    A trained adapter's metrics go into its training run (found by :func:`find_training_run`),
+    so one MLflow run shows the process variables, the loss curve and the results. The base
+    student, or an adapter whose run is not in this tracking store, gets its own run in
+    :data:`EVAL_EXPERIMENT` with the same params and provenance tags. ``pinned`` must hold
+    ``student`` and ``method``.
+
+    Returns:
+        The id of the run the metrics went to.
+    """
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    values = {f"eval/{_metric_key(k)}": float(v) for k, v in metrics.items() if v is not None}
+    run_id = (
+        find_training_run(adapter_sha, student=str(pinned["student"]), method=str(pinned["method"]), root=root)
+        if adapter_sha
+        else None
+    )
+    if run_id is None:
+        with start_run(run_name, flat_params, pinned, root=root, experiment=EVAL_EXPERIMENT) as tracker:
+            run_id = tracker.run_id
+    client = MlflowClient(tracking_uri(root))
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(values.items())])
+    exp_name = dvc_experiment()
+    if exp_name:
+        client.set_tag(run_id, "eval_dvc_exp", exp_name)
+    for artifact_path, path in (artifacts or {}).items():
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    return run_id

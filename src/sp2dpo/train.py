@@ -434,6 +434,7 @@ class RunPaths:
     beta: Path = Path("data/beta/beta.csv")
     adapter: Path = Path("models/adapter")
     report: Path = Path("reports/train/run.json")
+    curve: Path = Path("reports/train/run_loss.csv")
 
     @classmethod
     def default(cls, student: str, method: str, root: str | Path = ".") -> RunPaths:
@@ -443,6 +444,7 @@ class RunPaths:
             beta=root / "data/beta/beta.csv",
             adapter=root / "models" / f"{student}-{method}",
             report=root / "reports" / "train" / f"{student}-{method}.json",
+            curve=root / "reports" / "train" / f"{student}-{method}_loss.csv",
         )
 
 
@@ -696,6 +698,8 @@ def run(
             "beta": data_info["beta"],
         }
         if tracker is not None:
+            # The eval stage finds this run by the adapter's hash to log its metrics here.
+            tracker.set_tags({"adapter_sha256": adapter_sha256(paths.adapter)})
             tracker.log_artifacts(paths.adapter, "adapter")
             tracker.log_dict(resolved, "config/resolved_train_config.json")
             tracker.log_dict({**data_info, "beta_column": method.beta_column or "",
@@ -708,8 +712,28 @@ def run(
         artifacts.write_json(
             {k: v for k, v in metrics.items() if k not in VOLATILE_METRICS}, paths.report
         )
+        write_loss_curve(recorder.history, paths.curve)
     shutil.rmtree(run_dir, ignore_errors=True)
     return metrics
+
+
+def write_loss_curve(history: list[dict[str, float]], path: str | Path) -> None:
+    """The per-step training curve as a DVC plot CSV: ``step, loss, rewards_margins,
+    rewards_accuracies`` (one row per logged optimizer step; blank where not logged)."""
+    columns = {"loss": "loss", "rewards/margins": "rewards_margins", "rewards/accuracies": "rewards_accuracies"}
+    lines = ["step," + ",".join(columns.values())]
+    for entry in history:
+        if "loss" not in entry:
+            continue
+        cells = [repr(float(entry[k])) if k in entry else "" for k in columns]
+        lines.append(f"{int(entry['step'])}," + ",".join(cells))
+    artifacts.write_text("\n".join(lines) + "\n", path)
+
+
+def adapter_sha256(path: str | Path) -> str:
+    """sha256 of an adapter folder's weights file: the key that links eval results to the
+    training run that produced the adapter."""
+    return artifacts.sha256_file(Path(path) / "adapter_model.safetensors")
 
 
 def normalize_adapter_dir(path: str | Path) -> None:

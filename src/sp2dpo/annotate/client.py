@@ -17,6 +17,7 @@ import dataclasses
 import email.utils
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -195,6 +196,10 @@ class Attempt:
     raw: str | None = None
     error: str | None = None
     latency_s: float = 0.0
+    logprobs: list[dict[str, Any]] | None = None
+    """The ``top_logprobs`` of the first output token (``[{"token", "logprob"}, ...]``), when the
+    request asked for them (``extra_body: {logprobs: true, top_logprobs: N}``) and the endpoint
+    returned them; otherwise None."""
 
 
 class RateLimiter:
@@ -366,7 +371,32 @@ class OpenAICompatibleClient:
             return Attempt("content_filter", finish_reason=finish, error=self.redact(detail[:300]),
                            **meta, **base)
         return Attempt("reply", text=_content_text(message.get("content")), finish_reason=finish,
-                       **meta, **base)
+                       logprobs=_first_top_logprobs(choice.get("logprobs")), **meta, **base)
+
+
+def _first_top_logprobs(logprobs: Any) -> list[dict[str, Any]] | None:
+    """The ``top_logprobs`` of the first output token of a chat-completions choice.
+
+    OpenAI layout: ``choice.logprobs.content[0].top_logprobs = [{"token", "logprob", ...}]``.
+    Entries without a string token and a numeric, non-NaN log-prob are dropped; None when absent.
+    """
+    if not isinstance(logprobs, dict):
+        return None
+    content = logprobs.get("content")
+    if not isinstance(content, list) or not content or not isinstance(content[0], dict):
+        return None
+    top = content[0].get("top_logprobs")
+    if not isinstance(top, list):
+        return None
+    out = []
+    for item in top:
+        if not isinstance(item, dict) or not isinstance(item.get("token"), str):
+            continue
+        value = item.get("logprob")
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            continue
+        out.append({"token": item["token"], "logprob": float(value)})
+    return out or None
 
 
 def _content_text(content: Any) -> str | None:

@@ -277,7 +277,7 @@ def _common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _cut_middle(text: str, offsets: Sequence[tuple[int, int]], cap: int) -> str:
+def cut_middle(text: str, offsets: Sequence[tuple[int, int]], cap: int) -> str:
     """``text`` shortened to its first ``ceil(cap/2)`` and last ``floor(cap/2)`` tokens."""
     if cap >= len(offsets):
         return text
@@ -437,7 +437,7 @@ class LocalJudge:
 
         def capped(cap: int) -> str:
             cut = [
-                _cut_middle(text, span, cap) if is_field else text
+                cut_middle(text, span, cap) if is_field else text
                 for (text, is_field), span in zip(pieces, spans, strict=True)
             ]
             return "\n".join(["".join(cut), *tail_lines])
@@ -446,7 +446,7 @@ class LocalJudge:
         head_spans = self._offsets(head_text)
 
         def cut_head(cap: int) -> str:
-            return "\n".join([_cut_middle(head_text, head_spans, cap), *tail_lines])
+            return "\n".join([cut_middle(head_text, head_spans, cap), *tail_lines])
 
         for build, upper in (
             (capped, max(map(len, spans), default=0)),

@@ -17,6 +17,7 @@ import importlib.util
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -145,6 +146,16 @@ class HttpBackend:
         return self.client.send(messages)
 
 
+@dataclasses.dataclass(frozen=True)
+class RetriedCall:
+    """The final attempt of :meth:`Teacher.call`, how many were made, and the summed tokens."""
+
+    attempt: Attempt
+    attempts: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
 class Teacher:
     """One teacher: its config, backend and retry policy.
 
@@ -183,15 +194,28 @@ class Teacher:
             delay = max(delay, min(retry_after, d.retry_after_max_s))
         return delay
 
-    def judge(self, messages: list[dict[str, str]], stop: threading.Event) -> CallResult | None:
-        """Call until a final status; None when ``stop`` was set before the call finished.
+    def call(
+        self,
+        messages: list[dict[str, str]],
+        stop: threading.Event,
+        *,
+        retry_reply: Callable[[Attempt], bool] = lambda attempt: False,
+        role: str = "teacher",
+        auth_hint: str = "",
+    ) -> RetriedCall | None:
+        """Send ``messages`` until an attempt is final, backing off between retries.
+
+        An attempt is final when it is a reply that ``retry_reply`` accepts, an error that is
+        not retryable, or the last of ``1 + max_retries``. Token counts add up over attempts.
+
+        Returns:
+            The final attempt with its counts; None when ``stop`` was set first.
 
         Raises:
-            AuthError: the endpoint rejected the key (or the backend reported an auth failure).
+            AuthError: the endpoint rejected the key (``role`` and ``auth_hint`` word the message).
         """
         if isinstance(self.backend, HttpBackend):
             self.backend.stop = stop
-        started = time.monotonic()
         prompt_tokens = completion_tokens = None
         budget = self.decoding.max_retries
         for attempt_no in range(budget + 1):
@@ -200,41 +224,58 @@ class Teacher:
             attempt = self.backend.send(messages)
             if attempt.status == "aborted":
                 return None
-            prompt_tokens = _add(prompt_tokens, attempt.prompt_tokens)
-            completion_tokens = _add(completion_tokens, attempt.completion_tokens)
+            prompt_tokens = add_counts(prompt_tokens, attempt.prompt_tokens)
+            completion_tokens = add_counts(completion_tokens, attempt.completion_tokens)
             if attempt.status == "auth_error":
                 env = self.cfg.api_key_env or "(no api_key_env configured)"
                 raise AuthError(
-                    f"teacher {self.cfg.id!r} ({self.cfg.model}): the endpoint rejected the API key "
-                    f"from environment variable {env} ({attempt.error}); fix the key and re-run: "
-                    "finished calls are cached"
+                    f"{role} {self.cfg.id!r} ({self.cfg.model}): the endpoint rejected the API key "
+                    f"from environment variable {env} ({attempt.error}){auth_hint}"
                 )
-            result = CallResult(
-                status=attempt.status,
-                text=attempt.text,
-                raw=attempt.raw,
-                error=attempt.error,
-                attempts=attempt_no + 1,
-                latency_s=attempt.latency_s,
-                http_status=attempt.http_status,
-                response_model=attempt.response_model,
-                fingerprint=attempt.fingerprint,
-                finish_reason=attempt.finish_reason,
-            )
-            retryable = attempt.retryable
-            if attempt.status == "reply":
-                parsed = parse_judgement(attempt.text)
-                result.status, result.error = parsed.status, parsed.error
-                if parsed.status == "ok":
-                    result.category = parsed.category
-                    result.magnitude = parsed.magnitude
-                    result.confidence = parsed.confidence
-                retryable = parsed.status != "ok" and self.backend.retries_invalid
+            retryable = retry_reply(attempt) if attempt.status == "reply" else attempt.retryable
             if not retryable or attempt_no == budget:
-                break
+                return RetriedCall(attempt, attempt_no + 1, prompt_tokens, completion_tokens)
             if stop.wait(self.backoff(attempt_no, attempt.retry_after)):
                 return None
-        result.prompt_tokens, result.completion_tokens = prompt_tokens, completion_tokens
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def judge(self, messages: list[dict[str, str]], stop: threading.Event) -> CallResult | None:
+        """Call until a final status (an invalid judgement is retried where the backend allows);
+        None when ``stop`` was set before the call finished.
+
+        Raises:
+            AuthError: the endpoint rejected the key (or the backend reported an auth failure).
+        """
+        started = time.monotonic()
+        done = self.call(
+            messages,
+            stop,
+            retry_reply=lambda a: self.backend.retries_invalid and parse_judgement(a.text).status != "ok",
+            auth_hint="; fix the key and re-run: finished calls are cached",
+        )
+        if done is None:
+            return None
+        attempt = done.attempt
+        result = CallResult(
+            status=attempt.status,
+            text=attempt.text,
+            raw=attempt.raw,
+            error=attempt.error,
+            attempts=done.attempts,
+            latency_s=attempt.latency_s,
+            http_status=attempt.http_status,
+            response_model=attempt.response_model,
+            fingerprint=attempt.fingerprint,
+            finish_reason=attempt.finish_reason,
+        )
+        if attempt.status == "reply":
+            parsed = parse_judgement(attempt.text)
+            result.status, result.error = parsed.status, parsed.error
+            if parsed.status == "ok":
+                result.category = parsed.category
+                result.magnitude = parsed.magnitude
+                result.confidence = parsed.confidence
+        result.prompt_tokens, result.completion_tokens = done.prompt_tokens, done.completion_tokens
         result.elapsed_s = time.monotonic() - started
         return result
 
@@ -244,7 +285,8 @@ class Teacher:
                 + (completion_tokens or 0) * self.cfg.price_out_per_m) / 1e6
 
 
-def _add(total: int | None, value: int | None) -> int | None:
+def add_counts(total: int | None, value: int | None) -> int | None:
+    """Sum of token counts where either may be unknown (None)."""
     if value is None:
         return total
     return value if total is None else total + value

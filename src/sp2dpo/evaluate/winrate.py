@@ -553,7 +553,7 @@ def evaluate_file(
 # --------------------------------------------------------------------------------------------
 
 
-def _json_ready(metrics: dict[str, Any]) -> dict[str, Any]:
+def json_ready(metrics: dict[str, Any]) -> dict[str, Any]:
     return {
         k: None if isinstance(v, float) and not math.isfinite(v) else v
         for k, v in metrics.items()
@@ -583,7 +583,7 @@ def _cmd_winrate(args: argparse.Namespace) -> None:
         df_gamed=args.df_gamed,
     )
     if args.json:
-        _print_json(_json_ready(metrics))
+        _print_json(json_ready(metrics))
     else:
         print(render_text(metrics), end="")
 

@@ -1,0 +1,678 @@
+"""The AlpacaEval 2.0 pairwise judge: reference (``generator_1``) vs model (``generator_2``).
+
+Protocol (AlpacaEval 2.0, ``weighted_alpaca_eval_gpt4_turbo``; prompt text is our own,
+``prompts/judge/``): for each instruction the judge reads the instruction and two outputs
+labelled :data:`LABELS` (``A`` shown first, ``B`` second) and answers with one label, one output
+token. The result is one annotation per item in AlpacaEval's format, keys in this order:
+``instruction, output_1, generator_1, dataset, output_2, generator_2, annotator, preference,
+price_per_example, time_per_example, raw_completion``, then ours: ``status``,
+``model_on_first_side``, ``attempts``, ``is_truncated``, ``error``. ``output_1`` is always the reference and
+``output_2`` always the model, whatever order the judge saw them in.
+
+Side order: the model is shown first iff the first byte of
+``sha256(f"{seed}:{instruction}")`` is odd (:func:`model_on_first_side`), so the order is fixed
+per instruction and seed, independent of the item's position, and mixes about half and half.
+
+Preference, in [1, 2] with 2 = the model wins:
+
+- continuous, when token probabilities are available (OpenAI ``logprobs``/``top_logprobs`` of the
+  first output token, or the local model's next-token distribution):
+  ``P(label) = sum of exp(logprob) over the tokens whose text, stripped of white space, is the
+  label`` (``"A"`` and ``" A"`` both count), ``p_model = P(model label) / (P(model label) +
+  P(reference label))``, ``preference = 1 + p_model`` (:func:`preference_from_logprobs`). A label
+  absent from the top logprobs counts as probability 0 (as alpaca_eval's ``logprob_parser``);
+  both absent is a failed annotation (``missing_labels``);
+- discrete otherwise: the answer text (stripped of white space and a final ``.``) is a label,
+  giving 2.0 or 1.0 (:func:`preference_from_text`); anything else is ``unparseable``;
+- identical outputs: 1.5 (a draw, as alpaca_eval does) with no judge call, status ``identical``,
+  ``raw_completion`` null.
+
+Failed annotations (``unparseable``, ``missing_labels``, ``prompt_too_long``, ``http_error``,
+``timeout``, ``content_filter``) carry ``preference: null``; nothing is made up. An unparseable
+answer is not retried (the judge decodes greedily); transport errors are retried with backoff.
+
+Backends (``judge.backend``):
+
+- ``local``: the in-process model of :class:`sp2dpo.annotate.local.LocalJudge` (loaded once),
+  rendering the messages with its chat template, or the plain ``System:/User:/Assistant:`` layout
+  for a base model, and reading the next-token probabilities of the two labels after the prompt.
+  A prompt longer than ``judge.max_input_tokens`` has the middles of both outputs cut to a common
+  token cap (the instruction, the framing and the answer cue stay whole); if even empty outputs
+  do not fit, the item fails with ``prompt_too_long``.
+- ``openai``: any OpenAI-compatible endpoint through :class:`sp2dpo.annotate.client.
+  OpenAICompatibleClient` (retries with exponential backoff and jitter, ``Retry-After``,
+  ``judge.rpm``/``tpm`` limits, ``judge.max_concurrency`` calls in flight; the key is read from
+  ``judge.api_key_env`` and never logged). ``response_format`` is never sent. Put
+  ``extra_body: {logprobs: true, top_logprobs: 5}`` in the judge entry for continuous preferences
+  (``configs/eval/gpt4-turbo-judge.yaml``).
+
+Independence: :func:`check_judge_independent` refuses a judge that is one of the annotation
+teachers unless ``eval.allow_teacher_judge`` is set.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import logging
+import math
+import string
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sp2dpo import config, models
+from sp2dpo.annotate.local import cut_middle
+from sp2dpo.config import ConfigError, DecodingConfig, EvalConfig, TeacherConfig
+from sp2dpo.evaluate.alpaca import ANNOTATION_KEYS
+
+log = logging.getLogger(__name__)
+
+#: The two single-token labels: the first shown output is ``A``, the second ``B``.
+LABELS: tuple[str, str] = ("A", "B")
+
+#: The judge prompt templates (``system.txt``, ``user.txt``).
+DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[3] / "prompts" / "judge"
+
+#: The reference generator of AlpacaEval 2.0.
+REFERENCE_GENERATOR = "gpt4_1106_preview"
+
+#: Preference of a draw (identical outputs).
+DRAW = 1.5
+
+#: Annotation keys in AlpacaEval's order (:data:`alpaca.ANNOTATION_KEYS`), then ours.
+AE_KEYS: tuple[str, ...] = ANNOTATION_KEYS
+EXTRA_KEYS: tuple[str, ...] = ("status", "model_on_first_side", "attempts", "is_truncated", "error")
+
+#: Statuses with a preference.
+OK_STATUSES = frozenset({"ok", "identical"})
+
+
+class JudgeConflictError(ValueError):
+    """The judge is also a teacher of the annotation panel."""
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+def load_judge(
+    eval_cfg: EvalConfig, params_root: str | Path = "."
+) -> tuple[TeacherConfig, DecodingConfig]:
+    """The judge entry and its decoding: ``eval.judge_file`` when set, else ``eval.judge``.
+
+    Like ``annotate.teachers_file``, the file is YAML read with :func:`sp2dpo.config.read_yaml`
+    and built with the typed config; a relative path is relative to ``params_root`` (the folder
+    of ``params.yaml``). The file holds ``judge`` (required) and optionally ``judge_decoding``
+    (default: ``eval.judge_decoding``).
+
+    Raises:
+        ConfigError: a missing file, unknown top-level keys, or bad values (naming the file).
+    """
+    if not eval_cfg.judge_file:
+        return eval_cfg.judge, eval_cfg.judge_decoding
+    path = Path(eval_cfg.judge_file)
+    if not path.is_absolute():
+        path = Path(params_root) / path
+    raw = config.read_yaml(path)
+    unknown = sorted(set(raw) - {"judge", "judge_decoding"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; allowed: judge, judge_decoding"
+        )
+    if "judge" not in raw:
+        raise ConfigError(f"{path}: missing the `judge` entry")
+    try:
+        judge = config.build(TeacherConfig, raw["judge"], "judge")
+        decoding = (
+            config.build(DecodingConfig, raw["judge_decoding"], "judge_decoding")
+            if raw.get("judge_decoding") is not None
+            else eval_cfg.judge_decoding
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return judge, decoding
+
+
+def normalize_model(spec: str) -> str:
+    """A comparable name of a model spec.
+
+    ``local:<name>`` becomes the folder it resolves to (without converting anything), an
+    existing path its absolute form, anything else its last ``/`` segment, lower-cased (so
+    ``models/gemini-2.5-flash`` = ``gemini-2.5-flash`` and ``Qwen/Qwen2.5-72B-Instruct`` =
+    ``qwen2.5-72b-instruct``).
+
+    >>> normalize_model("models/Gemini-2.5-Flash")
+    'gemini-2.5-flash'
+    """
+    spec = spec.strip()
+    if models.is_local_spec(spec):
+        name = spec[len(models.LOCAL_PREFIX) :]
+        return str((models.cache_dir() / "models" / name).resolve())
+    path = Path(spec)
+    if path.exists():
+        return str(path.resolve())
+    return spec.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def check_judge_independent(
+    judge: TeacherConfig, teachers: Sequence[TeacherConfig], allow: bool
+) -> str | None:
+    """Refuse a judge whose model is also a teacher's (compared with :func:`normalize_model`).
+
+    Args:
+        judge: the judge entry.
+        teachers: the annotation panel.
+        allow: ``eval.allow_teacher_judge``.
+
+    Returns:
+        None when independent; with ``allow``, a warning for the caller to log and record.
+
+    Raises:
+        JudgeConflictError: a conflict and ``allow`` is false.
+    """
+    mine = normalize_model(judge.model)
+    shared = [t for t in teachers if normalize_model(t.model) == mine]
+    if not shared:
+        return None
+    names = ", ".join(f"{t.id!r} ({t.model})" for t in shared)
+    what = (
+        f"judge {judge.id!r} ({judge.model}) is the same model as teacher {names}: its "
+        "preferences are not independent of the beta schedule it evaluates"
+    )
+    if not allow:
+        raise JudgeConflictError(
+            f"{what}. Choose another judge (eval.judge or eval.judge_file) or set "
+            "eval.allow_teacher_judge: true to accept it (recorded in the results)."
+        )
+    return f"{what} (allowed by eval.allow_teacher_judge)"
+
+
+# ------------------------------------------------------------------------------------ protocol
+
+
+def model_on_first_side(instruction: str, seed: int) -> bool:
+    """Whether the model's output is shown first (label ``A``) for this instruction.
+
+    True iff the first byte of ``sha256(f"{seed}:{instruction}")`` is odd.
+    """
+    return hashlib.sha256(f"{seed}:{instruction}".encode()).digest()[0] % 2 == 1
+
+
+def label_probability(top_logprobs: Sequence[Mapping[str, Any]], label: str) -> float:
+    """Total probability of the tokens whose text, stripped of white space, is ``label``."""
+    return sum(
+        math.exp(float(item["logprob"]))
+        for item in top_logprobs
+        if str(item.get("token", "")).strip() == label
+    )
+
+
+def preference_from_logprobs(
+    top_logprobs: Sequence[Mapping[str, Any]], model_label: str, reference_label: str
+) -> float | None:
+    """``1 + P(model) / (P(model) + P(reference))`` from first-token top logprobs; None when
+    neither label appears.
+
+    >>> import math
+    >>> top = [{"token": "B", "logprob": math.log(0.75)}, {"token": "A", "logprob": math.log(0.25)}]
+    >>> round(preference_from_logprobs(top, "B", "A"), 12)
+    1.75
+    """
+    p_model = label_probability(top_logprobs, model_label)
+    p_ref = label_probability(top_logprobs, reference_label)
+    if p_model + p_ref <= 0.0:
+        return None
+    return 1.0 + p_model / (p_model + p_ref)
+
+
+def preference_from_text(text: str | None, model_label: str, reference_label: str) -> float | None:
+    """2.0 when the answer is the model's label, 1.0 for the reference's, else None.
+
+    >>> preference_from_text(" A.", "A", "B")
+    2.0
+    """
+    if text is None:
+        return None
+    answer = text.strip().rstrip(".").strip()
+    if answer == model_label:
+        return 2.0
+    if answer == reference_label:
+        return 1.0
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgePrompt:
+    """The judge's system text and user template (``prompts/judge/``)."""
+
+    system: str
+    user: string.Template
+
+    @classmethod
+    def load(cls, folder: str | Path = DEFAULT_PROMPTS_DIR) -> JudgePrompt:
+        folder = Path(folder)
+        try:
+            system = (folder / "system.txt").read_text(encoding="utf-8").strip()
+            user = (folder / "user.txt").read_text(encoding="utf-8").strip()
+        except FileNotFoundError as exc:
+            raise ConfigError(f"judge prompt file missing: {exc.filename}") from None
+        template = string.Template(user)
+        needed = {"instruction", "first_output", "second_output"}
+        missing = needed - set(template.get_identifiers())
+        if missing:
+            raise ConfigError(f"{folder / 'user.txt'}: missing placeholder(s) {sorted(missing)}")
+        return cls(system, template)
+
+    def messages(self, instruction: str, first: str, second: str) -> list[dict[str, str]]:
+        """System and user messages for one comparison (first shown = label ``A``)."""
+        user = self.user.substitute(
+            instruction=instruction,
+            first_output=first,
+            second_output=second,
+            first_label=LABELS[0],
+            second_label=LABELS[1],
+        )
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+
+# ------------------------------------------------------------------------------------ backends
+
+
+@dataclasses.dataclass
+class Verdict:
+    """One judge call's outcome, after retries.
+
+    ``top_logprobs`` are first-token ``{"token", "logprob"}`` entries (None: not available);
+    ``text`` the answer text.
+    """
+
+    status: str
+    text: str | None = None
+    top_logprobs: list[dict[str, Any]] | None = None
+    error: str | None = None
+    attempts: int = 1
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    is_truncated: bool = False
+
+
+class LocalLabelScorer:
+    """The ``local`` backend: next-token probabilities of the labels from an in-process model.
+
+    Args:
+        judge: the judge entry (``model``, ``revision``, ``dtype``, ``max_input_tokens``).
+    """
+
+    def __init__(self, judge: TeacherConfig) -> None:
+        from sp2dpo.annotate.local import LocalJudge
+
+        self.cfg = judge
+        self.scorer = LocalJudge(
+            judge.model,
+            revision=judge.revision,
+            dtype=judge.dtype,
+            max_input_tokens=judge.max_input_tokens,
+        )
+        self.label_ids = {label: _label_token_ids(self.scorer.tokenizer, label) for label in LABELS}
+        for label, ids in self.label_ids.items():
+            if not ids:
+                raise ConfigError(f"judge {judge.id!r}: no token of {judge.model} reads {label!r}")
+        self._lock = threading.Lock()
+
+    def fit(self, prompt: JudgePrompt, instruction: str, first: str, second: str) -> tuple[list[int], bool] | None:
+        """Token ids of the rendered prompt within ``max_input_tokens``, cutting the middles of
+        both outputs to the largest common token cap; None if even empty outputs do not fit."""
+        scorer = self.scorer
+        budget = scorer.max_input_tokens
+
+        def ids_for(a: str, b: str) -> list[int]:
+            return scorer.encode(scorer.render(prompt.messages(instruction, a, b)))
+
+        ids = ids_for(first, second)
+        if len(ids) <= budget:
+            return ids, False
+        offsets = [
+            scorer.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+                "offset_mapping"
+            ]
+            for text in (first, second)
+        ]
+
+        def build(cap: int) -> list[int]:
+            return ids_for(cut_middle(first, offsets[0], cap), cut_middle(second, offsets[1], cap))
+
+        best = build(0)
+        if len(best) > budget:
+            return None
+        low, high = 0, max(len(o) for o in offsets)
+        while high - low > 1:
+            mid = (low + high) // 2
+            candidate = build(mid)
+            if len(candidate) <= budget:
+                low, best = mid, candidate
+            else:
+                high = mid
+        return best, True
+
+    def judge(self, prompt: JudgePrompt, instruction: str, first: str, second: str) -> Verdict:
+        import torch
+
+        fitted = self.fit(prompt, instruction, first, second)
+        if fitted is None:
+            return Verdict(
+                "prompt_too_long",
+                error=f"the instruction and framing alone exceed max_input_tokens="
+                f"{self.scorer.max_input_tokens}",
+            )
+        ids, is_truncated = fitted
+        with self._lock, torch.inference_mode():
+            out = self.scorer.model(input_ids=torch.tensor([ids]), logits_to_keep=1)
+            logprobs = out.logits[0, -1].float().log_softmax(-1)
+        top = []
+        for label in LABELS:
+            total = torch.logsumexp(logprobs[self.label_ids[label]], dim=0)
+            top.append({"token": label, "logprob": float(total)})
+        best = max(top, key=lambda item: item["logprob"])["token"]
+        return Verdict(
+            "reply",
+            text=best,
+            top_logprobs=top,
+            prompt_tokens=len(ids),
+            completion_tokens=1,
+            is_truncated=is_truncated,
+        )
+
+
+class HttpLabelJudge:
+    """The ``openai`` backend: one request per comparison with retries and backoff.
+
+    The request fields come from the judge entry and ``judge_decoding``
+    (:func:`sp2dpo.annotate.client.request_fields`), without ``response_format``.
+    """
+
+    def __init__(self, judge: TeacherConfig, decoding: DecodingConfig) -> None:
+        from sp2dpo.annotate.teachers import HttpBackend, Teacher
+
+        self.cfg = dataclasses.replace(judge, structured_output="none")
+        self.decoding = decoding
+        self.backend = HttpBackend(self.cfg, decoding, chars_per_token=4.0)
+        self.retry = Teacher(self.cfg, decoding, backend=self.backend)
+
+    def judge(
+        self, prompt: JudgePrompt, instruction: str, first: str, second: str, stop: threading.Event
+    ) -> Verdict | None:
+        """None when ``stop`` was set (another item hit an auth error).
+
+        Raises:
+            AuthError: the endpoint rejected the key.
+        """
+        done = self.retry.call(prompt.messages(instruction, first, second), stop, role="judge")
+        if done is None:
+            return None
+        attempt = done.attempt
+        return Verdict(
+            attempt.status,
+            text=attempt.text,
+            top_logprobs=attempt.logprobs,
+            error=attempt.error,
+            attempts=done.attempts,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+        )
+
+
+def _label_token_ids(tokenizer: Any, label: str) -> list[int]:
+    """Ids of the tokens whose decoded text, stripped of white space, is ``label``.
+
+    Only vocabulary entries whose raw form contains the label (``A``, ``ĠA``, ``▁A``) or that are
+    byte tokens (``<0x41>``) can decode to it, so only those are decoded.
+    """
+    candidates = [
+        i for token, i in tokenizer.get_vocab().items() if label in token or token.startswith("<0x")
+    ]
+    texts = tokenizer.batch_decode([[i] for i in candidates])
+    return sorted(i for i, text in zip(candidates, texts, strict=True) if text.strip() == label)
+
+
+# ------------------------------------------------------------------------------------ runner
+
+
+class PairwiseJudge:
+    """Judges (reference, model) pairs into AlpacaEval annotations.
+
+    Args:
+        judge: the judge entry (``eval.judge`` or the ``judge`` of ``eval.judge_file``).
+        decoding: ``eval.judge_decoding`` (retries, timeouts, ``max_tokens: 1``).
+        seed: seed of the per-item side order (``eval.alpaca_eval.seed``).
+        prompts_dir: folder of ``system.txt`` and ``user.txt``.
+    """
+
+    def __init__(
+        self,
+        judge: TeacherConfig,
+        decoding: DecodingConfig,
+        *,
+        seed: int = 42,
+        prompts_dir: str | Path = DEFAULT_PROMPTS_DIR,
+    ) -> None:
+        self.cfg = judge
+        self.decoding = decoding
+        self.seed = seed
+        self.prompt = JudgePrompt.load(prompts_dir)
+        self._backend: LocalLabelScorer | HttpLabelJudge | None = None
+
+    @property
+    def backend(self) -> LocalLabelScorer | HttpLabelJudge:
+        """The backend, built on first use (the local model loads once)."""
+        if self._backend is None:
+            if self.cfg.backend == "local":
+                self._backend = LocalLabelScorer(self.cfg)
+            else:
+                self._backend = HttpLabelJudge(self.cfg, self.decoding)
+        return self._backend
+
+    def close(self) -> None:
+        """Release the backend (the local model's memory); a later call loads it again."""
+        self._backend = None
+
+    def annotate_one(
+        self,
+        reference: Mapping[str, Any],
+        model: Mapping[str, Any],
+        stop: threading.Event | None = None,
+        *,
+        seed: int | None = None,
+    ) -> dict[str, Any] | None:
+        """One annotation (None when ``stop`` was set first); ``seed`` overrides ``self.seed``."""
+        instruction = _same_instruction(reference, model)
+        ref_out, model_out = str(reference["output"]), str(model["output"])
+        model_first = model_on_first_side(instruction, self.seed if seed is None else seed)
+        record: dict[str, Any] = {
+            "instruction": instruction,
+            "output_1": ref_out,
+            "generator_1": reference.get("generator", REFERENCE_GENERATOR),
+            "dataset": reference.get("dataset", model.get("dataset")),
+            "output_2": model_out,
+            "generator_2": model.get("generator"),
+            "annotator": self.cfg.id,
+            "preference": None,
+            "price_per_example": 0.0,
+            "time_per_example": 0.0,
+            "raw_completion": None,
+            "status": "ok",
+            "model_on_first_side": model_first,
+            "attempts": 0,
+            "is_truncated": False,
+            "error": None,
+        }
+        if ref_out == model_out:
+            record.update(preference=DRAW, status="identical")
+            return record
+        first, second = (model_out, ref_out) if model_first else (ref_out, model_out)
+        model_label, ref_label = LABELS if model_first else LABELS[::-1]
+        started = time.monotonic()
+        backend = self.backend
+        if isinstance(backend, HttpLabelJudge):
+            verdict = backend.judge(self.prompt, instruction, first, second, stop or threading.Event())
+            if verdict is None:
+                return None
+        else:
+            verdict = backend.judge(self.prompt, instruction, first, second)
+        record["time_per_example"] = time.monotonic() - started
+        record["attempts"] = verdict.attempts
+        record["is_truncated"] = verdict.is_truncated
+        record["price_per_example"] = (
+            (verdict.prompt_tokens or 0) * self.cfg.price_in_per_m
+            + (verdict.completion_tokens or 0) * self.cfg.price_out_per_m
+        ) / 1e6
+        record["error"] = verdict.error
+        if verdict.status != "reply":
+            record.update(status=verdict.status, raw_completion=verdict.text)
+            return record
+        if verdict.top_logprobs is not None:
+            record["raw_completion"] = verdict.top_logprobs
+            preference = preference_from_logprobs(verdict.top_logprobs, model_label, ref_label)
+            if preference is None:
+                record.update(
+                    status="missing_labels",
+                    error=f"neither {LABELS[0]!r} nor {LABELS[1]!r} among the top logprobs "
+                    f"(answer {verdict.text!r})",
+                )
+                return record
+        else:
+            record["raw_completion"] = verdict.text
+            preference = preference_from_text(verdict.text, model_label, ref_label)
+            if preference is None:
+                record.update(
+                    status="unparseable",
+                    error=f"answer is not {LABELS[0]!r} or {LABELS[1]!r}: {verdict.text!r}"[:300],
+                )
+                return record
+        record["preference"] = preference
+        return record
+
+    def annotate(
+        self,
+        pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+        *,
+        seed: int | None = None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Judge every ``(reference record, model record)`` pair (``seed``: side-order seed,
+        default ``self.seed``).
+
+        Records are AlpacaEval model outputs (``instruction, output, generator, dataset``); the
+        two of a pair must share the instruction. The HTTP backend runs up to
+        ``judge.max_concurrency`` calls at once; the local one runs them in turn.
+
+        Returns:
+            ``(annotations, summary)``: annotations in the order of ``pairs``; the summary
+            (:func:`summarize`).
+
+        Raises:
+            AuthError: the endpoint rejected the key (the other calls are stopped).
+            ValueError: a pair whose records have different instructions.
+        """
+        for reference, model in pairs:
+            _same_instruction(reference, model)
+        started = time.monotonic()
+        workers = self.cfg.max_concurrency if self.cfg.backend == "openai" else 1
+        if workers == 1 or len(pairs) <= 1:
+            results = [self.annotate_one(ref, mod, seed=seed) for ref, mod in pairs]
+        else:
+            stop = threading.Event()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [
+                    pool.submit(self.annotate_one, ref, mod, stop, seed=seed) for ref, mod in pairs
+                ]
+                try:
+                    results = [future.result() for future in futures]
+                except BaseException:
+                    stop.set()
+                    for future in futures:
+                        future.cancel()
+                    raise
+        annotations = [r for r in results if r is not None]
+        summary = summarize(annotations)
+        summary["elapsed_s"] = time.monotonic() - started
+        return annotations, summary
+
+
+def _same_instruction(reference: Mapping[str, Any], model: Mapping[str, Any]) -> str:
+    instruction = reference.get("instruction")
+    if not isinstance(instruction, str) or instruction != model.get("instruction"):
+        raise ValueError(
+            f"pair mismatch: reference instruction {str(instruction)[:60]!r} differs from the "
+            f"model's {str(model.get('instruction'))[:60]!r}"
+        )
+    return instruction
+
+
+def summarize(annotations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts per status, judge calls, mean latency of the calls, total cost, side balance."""
+    called = [a for a in annotations if a["status"] != "identical"]
+    latencies = [float(a["time_per_example"]) for a in called]
+    return {
+        "annotator": annotations[0]["annotator"] if annotations else None,
+        "n": len(annotations),
+        "status": dict(sorted(Counter(a["status"] for a in annotations).items())),
+        "n_ok": sum(a["status"] in OK_STATUSES for a in annotations),
+        "n_failed": sum(a["status"] not in OK_STATUSES for a in annotations),
+        "n_judge_calls": len(called),
+        "n_model_first": sum(bool(a["model_on_first_side"]) for a in annotations),
+        "mean_latency_s": sum(latencies) / len(latencies) if latencies else 0.0,
+        "cost_usd": sum(float(a["price_per_example"]) for a in annotations),
+    }
+
+
+#: Summary fields that measure wall-clock time (not reproducible run to run).
+VOLATILE_SUMMARY_KEYS = ("mean_latency_s", "elapsed_s")
+
+
+def stable_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``summary`` without its wall-clock fields (for DVC metrics with stable bytes)."""
+    return {k: v for k, v in summary.items() if k not in VOLATILE_SUMMARY_KEYS}
+
+
+def build_judge(
+    judge: TeacherConfig,
+    decoding: DecodingConfig,
+    *,
+    seed: int = 42,
+    prompts_dir: str | Path = DEFAULT_PROMPTS_DIR,
+) -> PairwiseJudge:
+    """A :class:`PairwiseJudge` (its backend loads on first use; :meth:`~PairwiseJudge.close`
+    frees it)."""
+    return PairwiseJudge(judge, decoding, seed=seed, prompts_dir=prompts_dir)
+
+
+def annotate_pairs(
+    annotator: PairwiseJudge,
+    references: Sequence[Mapping[str, Any]],
+    outputs: Sequence[Mapping[str, Any]],
+    *,
+    seed: int | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Judge ``outputs[i]`` against ``references[i]`` (same instruction, same order).
+
+    Raises:
+        ValueError: different lengths, or a pair with different instructions.
+    """
+    if len(references) != len(outputs):
+        raise ValueError(f"{len(outputs)} model outputs for {len(references)} reference outputs")
+    return annotator.annotate(list(zip(references, outputs, strict=True)), seed=seed)
+
+
+def run_judge(
+    pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    judge: TeacherConfig,
+    decoding: DecodingConfig,
+    *,
+    seed: int = 42,
+    prompts_dir: str | Path = DEFAULT_PROMPTS_DIR,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Judge ``pairs`` with a fresh :class:`PairwiseJudge` (see :meth:`PairwiseJudge.annotate`)."""
+    return PairwiseJudge(judge, decoding, seed=seed, prompts_dir=prompts_dir).annotate(pairs)

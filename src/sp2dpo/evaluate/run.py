@@ -1,0 +1,217 @@
+"""The ``eval@<student>`` stage: answers, judge annotations, WR/LC and IFEval per evaluated model.
+
+For one student, every entry of ``eval.methods`` (``base`` = the student without an adapter, or a
+train method = its adapter ``models/<student>-<method>``) is evaluated the same way:
+
+1. the student answers the AlpacaEval instruction subset and the IFEval prompt subset with the
+   fixed decoding of ``eval.generation`` (one model load per adapter, batched);
+2. the judge compares each answer with the reference output (AlpacaEval 2.0 protocol, seeded side
+   order) and the leaderboard metrics plus the length-controlled win rate are computed;
+3. IFEval's rule-based checkers score the answers (strict and loose).
+
+Outputs, per method: ``data/eval/<student>/<method>/{model_outputs.json, annotations.json,
+ifeval.jsonl}``; for the student: ``reports/eval/<student>.json`` (DVC metrics; nothing that
+changes between identical runs). Metrics also go to MLflow: into the training run of the adapter
+(found by the adapter's hash), or a run of their own for the base student.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+from sp2dpo import artifacts, config
+from sp2dpo.evaluate.generate import BASE_METHOD as BASE
+from sp2dpo.evaluate.generate import generator_name
+from sp2dpo.sampling import seeded_subset
+
+log = logging.getLogger(__name__)
+
+#: Hash domains of the seeded evaluation subsets (see :mod:`sp2dpo.sampling`).
+ALPACA_DOMAIN = "alpaca-eval-subset"
+#: Sections the stage reads (its DVC ``params``).
+PARAM_SECTIONS = ["eval", "train", "teachers", "annotate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPaths:
+    """Where ``eval@<student>`` reads and writes."""
+
+    root: Path
+    student: str
+
+    def adapter(self, method: str) -> Path:
+        return self.root / "models" / f"{self.student}-{method}"
+
+    def outputs(self, method: str) -> Path:
+        return self.root / "data" / "eval" / self.student / method
+
+    @property
+    def report(self) -> Path:
+        return self.root / "reports" / "eval" / f"{self.student}.json"
+
+
+def evaluated_methods(params: config.Params) -> list[str]:
+    """``eval.methods``, or ``base`` + every train method; each checked against ``train.methods``."""
+    known = [m.name for m in params.train.methods]
+    methods = params.eval.methods or [BASE, *known]
+    unknown = [m for m in methods if m != BASE and m not in known]
+    if unknown:
+        raise config.ConfigError(
+            f"eval.methods: {', '.join(unknown)} not in train.methods ({', '.join(known)}) or '{BASE}'"
+        )
+    return methods
+
+
+def select_instructions(reference: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
+    """The seeded AlpacaEval subset, in AlpacaEval order."""
+    keep = seeded_subset([r["instruction"] for r in reference], limit, seed, ALPACA_DOMAIN)
+    return [reference[i] for i in keep]
+
+
+def run(
+    student_name: str,
+    *,
+    params_path: str | Path = config.DEFAULT_PARAMS,
+    root: str | Path = ".",
+    track: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every configured method of one student; returns the report written."""
+    from sp2dpo import tracking
+    from sp2dpo.annotate.run import load_params as load_annotate_params
+    from sp2dpo.evaluate import alpaca, generate, ifeval, judge, winrate
+
+    root = Path(root)
+    params = config.load(params_path, sections=PARAM_SECTIONS)
+    ecfg: config.EvalConfig = params.eval
+    student = params.train.student(student_name)
+    methods = evaluated_methods(params)
+    paths = EvalPaths(root, student.name)
+
+    # Judge independence is checked before any model loads.
+    judge_cfg, judge_decoding = judge.load_judge(ecfg, root)
+    panel = load_annotate_params(params_path).teachers
+    judge_warning = judge.check_judge_independent(judge_cfg, panel, ecfg.allow_teacher_judge)
+    if judge_warning:
+        log.warning("%s", judge_warning)
+
+    for method in methods:
+        if method != BASE and not (paths.adapter(method) / "adapter_config.json").exists():
+            raise FileNotFoundError(
+                f"{paths.adapter(method)}: no trained adapter for eval method {method!r}; run "
+                f"`dvc repro train@{student.name}-{method}` first"
+            )
+
+    ae = ecfg.alpaca_eval
+    reference = alpaca.read_model_outputs(root / ae.reference_outputs)
+    items = select_instructions(reference, ae.limit, ae.seed)
+    prompts = ifeval.load_prompts(root / ecfg.ifeval.input, ecfg.ifeval.limit, ecfg.ifeval.seed) if ecfg.ifeval.enabled else []
+    log.info(
+        "eval %s: %s on %d AlpacaEval instructions and %d IFEval prompts",
+        student.name, ", ".join(methods), len(items), len(prompts),
+    )
+
+    # 1. answers (one student load per method; freed before the judge loads)
+    answers: dict[str, list[dict[str, Any]]] = {}
+    ifeval_answers: dict[str, dict[Any, str]] = {}
+    for method in methods:
+        adapter = None if method == BASE else paths.adapter(method)
+        model, tokenizer = generate.load_student(student, adapter)
+        answers[method] = generate.generate_outputs(
+            model, tokenizer, items, ecfg.generation, generator_name(student.name, method)
+        )
+        alpaca.write_model_outputs(answers[method], paths.outputs(method) / "model_outputs.json")
+        if prompts:
+            responses = generate.generate(
+                model, tokenizer, [p.prompt for p in prompts], ecfg.generation,
+                max_new_tokens=ecfg.ifeval.max_new_tokens,
+            )
+            ifeval_answers[method] = {p.key: r for p, r in zip(prompts, responses, strict=True)}
+        del model, tokenizer
+        gc.collect()
+
+    # 2. judge + win rates, 3. IFEval
+    reference_path = root / ae.reference_outputs
+    lc_files = {
+        "instruction_difficulty": root / ae.instruction_difficulty if ae.instruction_difficulty else None,
+        "df_gamed": root / ae.df_gamed if ae.df_gamed else None,
+    }
+    annotator = judge.build_judge(judge_cfg, judge_decoding, seed=ae.seed)
+    by_method: dict[str, Any] = {}
+    try:
+        for method in methods:
+            annotations, judge_summary = judge.annotate_pairs(annotator, items, answers[method], seed=ae.seed)
+            folder = paths.outputs(method)
+            judged = [a for a in annotations if a.get("preference") is not None]
+            failed = [a for a in annotations if a.get("preference") is None]
+            if failed:
+                log.warning(
+                    "eval %s-%s: %d of %d judge annotations failed (%s); win rates use the rest",
+                    student.name, method, len(failed), len(annotations), judge_summary["status"],
+                )
+                artifacts.write_json(failed, folder / "judge_failures.json")
+            else:
+                (folder / "judge_failures.json").unlink(missing_ok=True)
+            if not judged:
+                raise RuntimeError(f"eval {student.name}-{method}: every judge annotation failed")
+            annotations_path = folder / "annotations.json"
+            alpaca.write_annotations(judged, annotations_path)
+            rates = winrate.json_ready(
+                winrate.evaluate_file(annotations_path, reference=reference_path, **lc_files)
+            )
+            entry: dict[str, Any] = {"alpaca_eval": rates, "judge": judge.stable_summary(judge_summary)}
+            if prompts:
+                result = ifeval.score(prompts, ifeval_answers[method])
+                ifeval.write_results(result, folder / "ifeval.jsonl")
+                entry["ifeval"] = ifeval.summary(result)
+            by_method[method] = entry
+    finally:
+        annotator.close()
+
+    report = {
+        "student": student.name,
+        "methods": by_method,
+        "n_instructions": len(items),
+        "n_ifeval_prompts": len(prompts),
+        "judge": {
+            "id": judge_cfg.id,
+            "backend": judge_cfg.backend,
+            "model": judge_cfg.model,
+            "is_teacher": bool(judge_warning),
+        },
+        "length_controlled_method": by_method[methods[0]]["alpaca_eval"]["length_controlled_method"],
+    }
+    artifacts.write_json(report, paths.report)
+
+    if track:
+        from sp2dpo.train import adapter_sha256
+
+        flat = params.flat()
+        for method in methods:
+            adapter = paths.adapter(method)
+            sha = adapter_sha256(adapter) if method != BASE else None
+            run_id = tracking.log_eval(
+                generator_name(student.name, method),
+                flat_metrics(by_method[method]),
+                adapter_sha=sha,
+                flat_params=flat,
+                pinned={"method": method, "student": student.name, "stage": "eval"},
+                root=root,
+                artifacts={"eval": paths.outputs(method)},
+            )
+            log.info("eval %s-%s logged to MLflow run %s", student.name, method, run_id)
+    return report
+
+
+def flat_metrics(entry: dict[str, Any]) -> dict[str, float | None]:
+    """The numeric results of one method as flat MLflow metric names (``alpaca_eval/win_rate``)."""
+    out: dict[str, float | None] = {}
+    for section in ("alpaca_eval", "ifeval"):
+        for key, value in (entry.get(section) or {}).items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            out[f"{section}/{key}"] = float(value)
+    return out

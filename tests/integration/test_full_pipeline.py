@@ -1,0 +1,123 @@
+"""The whole offline DAG from a fresh copy: fetch -> ... -> eval -> report, then `dvc exp run -S`
+on an aggregation parameter (re-runs aggregate and what follows it, never annotate)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sp2dpo import artifacts
+from tests.conftest import copy_project, run
+
+BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
+METHODS = ("base", "dpo", "sp2dpo", "rand_beta")
+
+
+def _stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.mark.slow
+def test_offline_dag_end_to_end_then_exp_run_on_an_aggregation_param(tmp_path):
+    repo = copy_project(tmp_path / "repo")
+    run([DVC, "pull", "-q", "data.dvc", "evalsets.dvc"], cwd=repo)
+    # The default code path with smaller numbers (2 CPU cores).
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["annotate"]["max_pairs"] = 4
+    params["train"].update({"max_steps": 2, "max_length": 48, "max_prompt_length": 24})
+    params["eval"]["alpaca_eval"]["limit"] = 3
+    params["eval"]["ifeval"].update({"limit": 3, "max_new_tokens": 24})
+    params["eval"]["generation"]["max_new_tokens"] = 24
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    run([*git, "commit", "-qam", "small"], cwd=repo)
+
+    first = run([DVC, "repro"], cwd=repo).stdout
+    assert _stages_run(first) == {
+        "fetch", "filter", "annotate", "aggregate", "train@smollm2-dpo", "train@smollm2-sp2dpo",
+        "train@smollm2-rand_beta", "eval@smollm2", "report",
+    }
+
+    curve = (repo / "reports/train/smollm2-sp2dpo_loss.csv").read_text().splitlines()
+    assert curve[0] == "step,loss,rewards_margins,rewards_accuracies"
+    assert [line.split(",")[0] for line in curve[1:]] == ["1", "2"]  # one row per optimizer step
+
+    reference = json.loads(gzip.decompress((repo / "data/evalsets/alpaca_eval/gpt4_1106_preview.json.gz").read_bytes()))
+    ref_by_instruction = {r["instruction"]: r["output"] for r in reference}
+    for method in METHODS:
+        folder = repo / "data/eval/smollm2" / method
+        outputs = json.loads((folder / "model_outputs.json").read_text())
+        assert len(outputs) == 3
+        assert {o["generator"] for o in outputs} == {f"smollm2-{method}"}
+        assert all(o["instruction"] in ref_by_instruction and o["output"] for o in outputs)
+        annotations = json.loads((folder / "annotations.json").read_text())
+        assert len(annotations) == 3
+        for a in annotations:
+            assert a["generator_1"] == "gpt4_1106_preview" and a["generator_2"] == f"smollm2-{method}"
+            assert a["output_1"] == ref_by_instruction[a["instruction"]]
+            assert 1.0 <= a["preference"] <= 2.0
+        assert len((folder / "ifeval.jsonl").read_text().splitlines()) == 3
+
+    report = json.loads((repo / "reports/eval/smollm2.json").read_text())
+    assert set(report["methods"]) == set(METHODS)
+    for method in METHODS:
+        ae = report["methods"][method]["alpaca_eval"]
+        assert 0.0 <= ae["win_rate"] <= 100.0 and ae["n_total"] == 3
+        assert ae["lc_is_offline_estimate"] is True
+        assert 0.0 <= report["methods"][method]["ifeval"]["prompt_level_strict_acc"] <= 1.0
+    # The pinned command recomputes the stage's numbers from the saved annotations.
+    again = json.loads(run([str(BIN / "sp2dpo"), "winrate", "--json", "--annotations",
+                            "data/eval/smollm2/sp2dpo/annotations.json"], cwd=repo).stdout)
+    assert again["win_rate"] == pytest.approx(report["methods"]["sp2dpo"]["alpaca_eval"]["win_rate"], abs=1e-9)
+
+    table = (repo / "reports/eval.md").read_text()
+    assert "| Method | smollm2 LC | smollm2 WR |" in table
+    assert "| Base (instruction-tuned) |" in table and "| SP²DPO (JMAMP) |" in table
+    assert "offline estimate" in table
+    combined = json.loads((repo / "reports/eval.json").read_text())
+    assert set(combined["smollm2"]["methods"]) == set(METHODS)
+    index = (repo / "reports/index.md").read_text()
+    assert "eval.md" in index and "aggregate/beta_distribution.png" in index
+
+    # Eval metrics land in each adapter's MLflow training run (found by the adapter's hash).
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    train_exp = client.get_experiment_by_name("sp2dpo-train")
+    for method in ("dpo", "sp2dpo", "rand_beta"):
+        sha = artifacts.sha256_file(repo / f"models/smollm2-{method}/adapter_model.safetensors")
+        runs = client.search_runs([train_exp.experiment_id],
+                                  f"tags.adapter_sha256 = '{sha}' and params.method = '{method}'")
+        assert len(runs) == 1
+        assert "eval/alpaca_eval/win_rate" in runs[0].data.metrics
+        assert "eval/ifeval/prompt_level_strict_acc" in runs[0].data.metrics
+    base_runs = client.search_runs([client.get_experiment_by_name("sp2dpo-eval").experiment_id])
+    assert [r.info.run_name for r in base_runs] == ["smollm2-base"]
+
+    # Re-running changes nothing; the pipeline is clean.
+    assert _stages_run(run([DVC, "repro"], cwd=repo).stdout) == set()
+    run([*git, "add", "-A"], cwd=repo)
+    run([*git, "commit", "-qm", "baseline run"], cwd=repo)
+    beta_before = (repo / "data/beta/beta.csv").read_bytes()
+
+    # An aggregation parameter: aggregate and everything after it re-run; annotate does not.
+    exp = run([DVC, "exp", "run", "-S", "aggregate.prompt_operator=weighted_mean"], cwd=repo).stdout
+    ran = _stages_run(exp)
+    assert "annotate" not in ran and "fetch" not in ran and "filter" not in ran
+    assert "aggregate" in ran
+    assert (repo / "data/beta/beta.csv").read_bytes() != beta_before  # the schedule changed ...
+    assert {"train@smollm2-sp2dpo", "train@smollm2-rand_beta", "eval@smollm2", "report"} <= ran
+    # ... and the comparison tools see it.
+    params_diff = run([DVC, "params", "diff", "--json"], cwd=repo).stdout
+    assert "aggregate.prompt_operator" in params_diff
+    metrics_diff = json.loads(run([DVC, "metrics", "diff", "--json"], cwd=repo).stdout)
+    assert "reports/aggregate.json" in metrics_diff
+    audit = json.loads(run([str(BIN / "sp2dpo"), "audit", "diff", "HEAD:data/beta/beta.csv",
+                            "data/beta/beta.csv", "--json"], cwd=repo).stdout)
+    assert audit["common"] == audit["n_old"] == audit["n_new"] and audit["max_abs_change"] > 0

@@ -507,3 +507,15 @@ def test_lc_methods_are_registered_data():
     assert LENGTH_CONTROLLED_V1.features == (
         "np.tanh(std_delta_len)", "instruction_difficulty", "not_gamed_baseline.astype(float)"
     )
+
+
+def test_lc_of_50_from_an_all_zero_fit_says_why():
+    # Preference 1.5 everywhere: the likelihood is flat in every weight, L1 keeps them all at 0.
+    rows = [
+        {"instruction": f"q{i}", "output_1": "x" * (10 + 7 * i), "generator_1": "ref",
+         "output_2": "y" * (40 - 3 * i), "generator_2": "m", "preference": 1.5}
+        for i in range(8)
+    ]
+    metrics = winrate.winrate(alpaca.validate_annotations(rows))
+    assert metrics["length_controlled_winrate"] == pytest.approx(50.0)
+    assert "shrank every GLM weight to 0" in metrics["length_controlled_note"]

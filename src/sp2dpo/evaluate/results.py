@@ -60,6 +60,7 @@ def combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
             ae = entry.get("alpaca_eval", {})
             row = {
                 "length_controlled_winrate": ae.get("length_controlled_winrate"),
+                "length_controlled_note": ae.get("length_controlled_note"),
                 "win_rate": ae.get("win_rate"),
                 "standard_error": ae.get("standard_error"),
                 "discrete_win_rate": ae.get("discrete_win_rate"),
@@ -118,7 +119,14 @@ def markdown(combined: dict[str, Any]) -> str:
             cells = [_cell(row.get(f"ifeval_{key}")) for key, _ in IFEVAL_COLUMNS]
             lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | " + " | ".join(cells) + " |")
     n = sorted({combined[s]["methods"][m].get("n_total") for s in students for m in combined[s]["methods"]}, key=str)
-    lines += ["", f"Judged instructions per model: {', '.join(str(x) for x in n)}.", ""]
+    lines += ["", f"Judged instructions per model: {', '.join(str(x) for x in n)}."]
+    notes = sorted({
+        f"{s}/{m}: {row['length_controlled_note']}"
+        for s in students for m, row in combined[s]["methods"].items() if row.get("length_controlled_note")
+    })
+    if notes:
+        lines += ["", "LC notes:", "", *[f"- {note}" for note in notes]]
+    lines.append("")
     return "\n".join(lines)
 
 

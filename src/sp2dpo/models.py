@@ -145,6 +145,14 @@ def resolve(spec: str) -> str:
     return spec
 
 
+def chat_template_text(template: str) -> str:
+    """A ``chat_template`` param as Jinja text: the file's content for an existing ``.jinja``
+    path, else the string itself."""
+    if template.endswith(".jinja") and Path(template).exists():
+        return Path(template).read_text(encoding="utf-8")
+    return template
+
+
 def load_causal_lm(spec: str, *, revision: str | None = None, dtype: str = "float32"):
     """Load ``(model, tokenizer)`` for a spec; HF ids load at ``revision`` (pin a commit hash).
 

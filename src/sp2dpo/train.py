@@ -554,10 +554,7 @@ def load_student(student: config.StudentConfig, precision: str = "auto"):
     dtype = "bfloat16" if _use_bf16(precision) else "float32"
     model, tokenizer = models.load_causal_lm(student.model, revision=student.revision, dtype=dtype)
     if student.chat_template:
-        template = student.chat_template
-        if template.endswith(".jinja") and Path(template).exists():
-            template = Path(template).read_text(encoding="utf-8")
-        tokenizer.chat_template = template
+        tokenizer.chat_template = models.chat_template_text(student.chat_template)
     if tokenizer.chat_template is None:
         raise ValueError(f"student {student.name!r} has no chat template; set train.students[].chat_template")
     return model, tokenizer

@@ -61,12 +61,6 @@ def _device_and_dtype(device: str | None) -> tuple[str, str]:
     return device, ("bfloat16" if device.startswith("cuda") else "float32")
 
 
-def _template_text(template: str) -> str:
-    if template.endswith(".jinja") and Path(template).exists():
-        return Path(template).read_text(encoding="utf-8")
-    return template
-
-
 def load_student(
     student: StudentConfig | str,
     adapter: str | Path | None = None,
@@ -114,7 +108,7 @@ def load_student(
         if (adapter / "tokenizer_config.json").exists():
             tokenizer = AutoTokenizer.from_pretrained(str(adapter))
     if chat_template:
-        tokenizer.chat_template = _template_text(chat_template)
+        tokenizer.chat_template = models.chat_template_text(chat_template)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"{spec}: the tokenizer has no chat template; set train.students[].chat_template"

@@ -47,8 +47,8 @@ browser:
 	  { $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium >/dev/null; } || \
 	  echo "WARNING: could not install chromium: tests/test_plots_html.py will skip its render test"
 
-$(PLOTS_TEMPLATE): node_modules/.package-lock.json src/sp2dpo/plots_html.py | $(VENV)/.installed
-	python -m sp2dpo.plots_html -o $@
+$(PLOTS_TEMPLATE): node_modules/.package-lock.json src/sp2dpo/report/plots_html.py | $(VENV)/.installed
+	sp2dpo plots-template -o $@
 	dvc config --local plots.html_template ../$(PLOTS_TEMPLATE)
 
 # Every plot of the workspace as one offline HTML page: build/plots/show/index.html.

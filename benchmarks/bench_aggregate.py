@@ -31,7 +31,7 @@ CATEGORIES = ["Safety", "Factuality", "Instruction", "Reasoning", "Helpfulness",
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from sp2dpo import config
+from sp2dpo.core import config
 from sp2dpo.aggregate import read_calls, screen, beta_table, validate_artifact, reports
 from sp2dpo.aggregate.table import write_csv
 t_import = time.perf_counter() - t0

@@ -3,7 +3,7 @@
 The scripted server of ``tests/fault_server.py`` answers every chat-completions request after a
 fixed delay (default 200 ms). For each concurrency (``max_concurrency`` of the one teacher) the
 real code path runs: plan, render, HTTP call, parse, append + fsync to the call log, then the
-call table and report. ``calls_per_s`` times the calling phase (:func:`sp2dpo.annotate.run.execute`);
+call table and report. ``calls_per_s`` times the calling phase (:func:`sp2dpo.annotate.stage.execute`);
 ``bound_calls_per_s`` is concurrency / latency, the ideal; ``efficiency`` their ratio (target
 >= 0.9 at 32). ``end_to_end_s`` adds planning, the call table and the report.
 
@@ -26,11 +26,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sp2dpo import artifacts, schemas
 from sp2dpo.annotate import run
 from sp2dpo.annotate.cache import CallLog
 from sp2dpo.annotate.prompts import load_variants
-from sp2dpo.annotate.teachers import Teacher
+from sp2dpo.core import artifacts, schemas
+from sp2dpo.llm.teachers import Teacher
 from tests.fault_server import FaultServer, pairs_frame, params, teacher
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from sp2dpo import data
-from sp2dpo.config import DataConfig, FilterConfig
+from sp2dpo.core.config import DataConfig, FilterConfig
 
 WORDS = "the model answer should explain each step clearly and cite sources where relevant".split()
 

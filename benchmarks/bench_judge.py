@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sp2dpo.config import DecodingConfig, TeacherConfig, build
+from sp2dpo.core.config import DecodingConfig, TeacherConfig, build
 from sp2dpo.evaluate.judge import PairwiseJudge
 from tests.fault_server import FaultServer
 

@@ -32,7 +32,9 @@ import torch
 from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
-from sp2dpo import artifacts, models, schemas, train
+from sp2dpo import train
+from sp2dpo.core import artifacts, schemas
+from sp2dpo.llm import models
 
 ROOT = Path(__file__).resolve().parents[1]
 

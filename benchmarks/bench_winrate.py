@@ -85,6 +85,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     from sp2dpo.evaluate import alpaca, winrate
+    from sp2dpo.evaluate import lc as lc_glm
 
     import_s = time.perf_counter() - t0
     bases = [
@@ -98,15 +99,15 @@ def main() -> None:
     index = [alpaca.match_reference(m, reference) for m in models]
 
     with tempfile.TemporaryDirectory() as tmp:
-        official = winrate.OfficialLCInputs.read(*official_files(Path(tmp), bases, args.seed))
+        official = lc_glm.OfficialLCInputs.read(*official_files(Path(tmp), bases, args.seed))
 
     phases = {}
     _, w, c = timed(winrate.head_to_head, models)
     phases["plain_metrics"] = (w, c)
-    offline, w, c = timed(winrate.length_controlled_winrate, models)
+    offline, w, c = timed(lc_glm.length_controlled_winrate, models)
     phases["lc_offline_estimate"] = (w, c)
     v1, w, c = timed(
-        lambda mi: winrate.length_controlled_winrate(mi[0], official, mi[1]),
+        lambda mi: lc_glm.length_controlled_winrate(mi[0], official, mi[1]),
         list(zip(models, index, strict=True)),
     )
     phases["lc_length_controlled_v1"] = (w, c)

@@ -1,15 +1,15 @@
 """DVC stage `annotate`: teachers x prompt variants label each filtered pair's semantic gap."""
 
-from sp2dpo.annotate.run import run_annotate
-from sp2dpo.cli import run_stage
+from sp2dpo import annotate
+from sp2dpo.core import config
+from sp2dpo.core.entry import run_stage
+
+
+def main() -> None:
+    params = config.load(sections=["teachers", "prompts", "decoding", "annotate"])
+    annotate.run(params.teachers, params.prompts, params.decoding, params.annotate,
+                 annotate.AnnotatePaths.pipeline())
+
 
 if __name__ == "__main__":
-    run_stage(
-        lambda: run_annotate(
-            "params.yaml",
-            "data/pairs/filtered.parquet",
-            "data/annotate/calls.parquet",
-            log_path="data/annotate/calls.jsonl",
-            report_path="reports/annotate.json",
-        )
-    )
+    run_stage(main)

@@ -3,12 +3,16 @@
 Usage: python stages/eval.py STUDENT
 """
 
-import sys
+from sp2dpo import evaluate
+from sp2dpo.core import config
+from sp2dpo.core.entry import run_stage
 
-from sp2dpo.cli import run_stage
-from sp2dpo.evaluate import run
+
+def main(student: str) -> None:
+    params = config.load(sections=["eval", "train", "teachers", "matrix"])
+    evaluate.run(params.eval, params.train, params.teachers, student, params.matrix.methods,
+                 evaluate.EvalPaths.pipeline(student), logged_params=params.flat())
+
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python stages/eval.py STUDENT")
-    run_stage(lambda: run.run(sys.argv[1]))
+    run_stage(main, usage="python stages/eval.py STUDENT", nargs=1)

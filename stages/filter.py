@@ -1,14 +1,13 @@
 """DVC stage `filter`: dedup on prompt_id, drop empty fields; exact counts per rule."""
 
-from sp2dpo import config, data
-from sp2dpo.cli import run_stage
+from sp2dpo import data
+from sp2dpo.core import config
+from sp2dpo.core.entry import run_stage
+
+
+def main() -> None:
+    data.run_filter(config.load(sections=["filter"]).filter, data.FilterPaths.pipeline())
+
 
 if __name__ == "__main__":
-    run_stage(
-        lambda: data.run_filter(
-            config.load(sections=["filter"]).filter,
-            "data/pairs/fetched.parquet",
-            "data/pairs/filtered.parquet",
-            "reports/filter.json",
-        )
-    )
+    run_stage(main)

@@ -1,16 +1,11 @@
-"""DVC stage `report`: the Table-2-style results (reports/eval.*) and the reports index.
+"""DVC stage `report`: the Table-2-style results (reports/eval.*) and the reports index."""
 
-Usage: python stages/report.py
-"""
-
-from sp2dpo import report_index
-from sp2dpo.cli import run_stage
-from sp2dpo.evaluate import results
+from sp2dpo import report
+from sp2dpo.core.entry import run_stage
 
 
 def main() -> None:
-    results.run(".")
-    report_index.write_index(".")
+    report.run(report.ReportPaths.pipeline())
 
 
 if __name__ == "__main__":

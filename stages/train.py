@@ -1,14 +1,18 @@
 """DVC stage `train@<student>-<method>`: one DPO / SP2DPO run of params.yaml's `train` section.
 
-Usage: python stages/train.py STUDENT METHOD   (also under `accelerate launch`)
+Usage: python stages/train.py STUDENT METHOD   (also under `accelerate launch`: `train.launcher`)
 """
 
-import sys
-
 from sp2dpo import train
-from sp2dpo.cli import run_stage
+from sp2dpo.core import config
+from sp2dpo.core.entry import run_stage
+
+
+def main(student: str, method: str) -> None:
+    params = config.load(sections=["train", "beta"])
+    train.run(params.train, params.beta, student, method, train.TrainPaths.pipeline(student, method),
+              logged_params=params.flat())
+
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python stages/train.py STUDENT METHOD")
-    run_stage(lambda: train.run(sys.argv[1], sys.argv[2]))
+    run_stage(main, usage="python stages/train.py STUDENT METHOD", nargs=2)

@@ -74,6 +74,40 @@ def evalsets() -> Path:
     return EVALSETS
 
 
+def annotate_file(
+    params: str | Path,
+    pairs: str | Path,
+    out: str | Path,
+    *,
+    log: str | Path | None = None,
+    report: str | Path | None = None,
+    estimate: bool = False,
+    prompts_root: str | Path = ROOT,
+) -> dict:
+    """The annotate stage on files: what `sp2dpo annotate --params P --pairs X --out Y` runs."""
+    from sp2dpo import annotate
+    from sp2dpo.core import config
+
+    p = config.load(params, sections=["teachers", "prompts", "decoding", "annotate"])
+    paths = annotate.AnnotatePaths(
+        pairs=Path(pairs), out=Path(out), log=Path(log) if log else None,
+        report=Path(report) if report else None, prompts_root=Path(prompts_root),
+    )
+    return annotate.run(p.teachers, p.prompts, p.decoding, p.annotate, paths, estimate_only=estimate)
+
+
+def compose_params(tmp_path: Path, overrides: list[str]):
+    """params.yaml composed with Hydra overrides exactly as `dvc exp run -S ...` composes it
+    (``+profiles=NAME`` selects a profile), written to ``tmp_path`` and loaded."""
+    from dvc.utils.hydra import compose_and_dump
+
+    from sp2dpo.core import config
+
+    out = tmp_path / "params.yaml"
+    compose_and_dump(out, str(ROOT), None, "params", str(tmp_path / "no-plugins"), overrides)
+    return config.load(out)
+
+
 def copy_project(dest: Path) -> Path:
     """Copy the working tree (tracked and untracked, not ignored files) into a fresh git repo.
 

@@ -258,10 +258,10 @@ def params(teachers: list[dict[str, Any]], *, variants: int = 3, **decoding: Any
     return {
         "teachers": teachers,
         "prompts": {
-            "dir": str(root / "prompts"),
+            "dir": str(root / "prompts" / "annotate"),
             "variants": [{"name": f"v{k + 1}", "system": names[k]} for k in range(variants)],
         },
         "decoding": {"timeout_s": 5.0, "max_retries": 3, "backoff_base_s": 0.01, "backoff_max_s": 0.05,
                      **decoding},
-        "annotate": {"progress": False},
+        "annotate": {"progress": False, "max_pairs": None},
     }

@@ -16,10 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sp2dpo import aggregate, cli, config, schemas
+from sp2dpo import aggregate, cli
 from sp2dpo.aggregate import estimators as est
 from sp2dpo.aggregate.calls import REASONS, CallTableError
-from sp2dpo.artifacts import SchemaViolation
+from sp2dpo.core import config, schemas
+from sp2dpo.core.artifacts import SchemaViolation
+from sp2dpo.core.beta import read_beta_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 AGG = config.AggregateConfig()
@@ -379,8 +381,8 @@ def test_bias_decomposition_columns_and_offsets(tmp_path):
     calls = tmp_path / "calls.csv"
     calls_table(spec).to_csv(calls, index=False)
     agg = dataclasses.replace(AGG, bias_decomposition=True, bias_ridge=0.0)
-    metrics = aggregate.run(calls, tmp_path / "beta.csv", agg, BETA, report_dir=None)
-    frame = aggregate.read_beta_artifact(tmp_path / "beta.csv", 0.03, 0.3)
+    metrics = aggregate.run(agg, BETA, aggregate.AggregatePaths(calls, tmp_path / "beta.csv", None))
+    frame = read_beta_artifact(tmp_path / "beta.csv", 0.03, 0.3)
     assert frame["effective_gap_debiased"].tolist() == pytest.approx([0.2, 0.4, 0.6], **APPROX)
     assert frame["beta_debiased"].tolist() == pytest.approx(
         [0.03 + 0.27 * x for x in (0.2, 0.4, 0.6)], **APPROX
@@ -654,9 +656,9 @@ def test_rerun_and_shuffled_input_give_byte_identical_files(tmp_path):
     agg = dataclasses.replace(
         AGG, teacher_operators=["huber"], pooled=True, bias_decomposition=True
     )
-    aggregate.run(tmp_path / "a.parquet", tmp_path / "1.csv", agg, BETA, report_dir=tmp_path / "r1")
-    aggregate.run(tmp_path / "a.parquet", tmp_path / "2.csv", agg, BETA, report_dir=tmp_path / "r2")
-    aggregate.run(tmp_path / "b.csv", tmp_path / "3.csv", agg, BETA, report_dir=None)
+    aggregate.run(agg, BETA, aggregate.AggregatePaths(tmp_path / "a.parquet", tmp_path / "1.csv", tmp_path / "r1"))
+    aggregate.run(agg, BETA, aggregate.AggregatePaths(tmp_path / "a.parquet", tmp_path / "2.csv", tmp_path / "r2"))
+    aggregate.run(agg, BETA, aggregate.AggregatePaths(tmp_path / "b.csv", tmp_path / "3.csv", None))
     first = (tmp_path / "1.csv").read_bytes()
     assert first == (tmp_path / "2.csv").read_bytes() == (tmp_path / "3.csv").read_bytes()
     for name in [
@@ -687,8 +689,8 @@ def test_csv_round_trips_awkward_prompt_ids(tmp_path):
     spec = {pid: HAND["p1"] for pid in ids}
     calls = tmp_path / "calls.parquet"
     calls_table(spec).to_parquet(calls, index=False)
-    aggregate.run(calls, tmp_path / "beta.csv", AGG, BETA, report_dir=None)
-    frame = aggregate.read_beta_artifact(tmp_path / "beta.csv", 0.03, 0.3)
+    aggregate.run(AGG, BETA, aggregate.AggregatePaths(calls, tmp_path / "beta.csv", None))
+    frame = read_beta_artifact(tmp_path / "beta.csv", 0.03, 0.3)
     assert list(frame["prompt_id"]) == sorted(ids)
     plain = pd.read_csv(tmp_path / "beta.csv", dtype={"prompt_id": str}, keep_default_na=False)
     assert sorted(plain["prompt_id"]) == sorted(ids)
@@ -701,11 +703,11 @@ def test_reader_validates_the_artifact(tmp_path):
     path = tmp_path / "beta.csv"
     calls = tmp_path / "calls.csv"
     calls_table({"p1": HAND["p1"], "p2": HAND["p1"]}).to_csv(calls, index=False)
-    aggregate.run(calls, path, AGG, BETA, report_dir=None)
-    frame = aggregate.read_beta_artifact(path, 0.03, 0.3)
+    aggregate.run(AGG, BETA, aggregate.AggregatePaths(calls, path, None))
+    frame = read_beta_artifact(path, 0.03, 0.3)
     assert frame["category_b_ens_tie_break"].dtype == bool
     with pytest.raises(SchemaViolation, match="beta_b_v1"):
-        aggregate.read_beta_artifact(path, 0.03, 0.25)  # 0.273 outside a narrower envelope
+        read_beta_artifact(path, 0.03, 0.25)  # 0.273 outside a narrower envelope
     text = path.read_text()
     cases = {
         "duplicate": text + text.splitlines()[1] + "\n",
@@ -716,12 +718,12 @@ def test_reader_validates_the_artifact(tmp_path):
         bad = tmp_path / f"{name}.csv"
         bad.write_text(body)
         with pytest.raises(SchemaViolation):
-            aggregate.read_beta_artifact(bad, 0.03, 0.3)
+            read_beta_artifact(bad, 0.03, 0.3)
     frame.drop(columns="beta_random").to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(SchemaViolation, match="should be 'beta_random'"):
-        aggregate.read_beta_artifact(tmp_path / "short.csv", 0.03, 0.3)
+        read_beta_artifact(tmp_path / "short.csv", 0.03, 0.3)
     with pytest.raises(SchemaViolation, match="not a beta artifact"):
-        aggregate.read_beta_artifact(calls, 0.03, 0.3)
+        read_beta_artifact(calls, 0.03, 0.3)
 
 
 def test_schema_rejects_unknown_extra_columns_and_wrong_order():
@@ -744,7 +746,7 @@ def test_schema_rejects_unknown_extra_columns_and_wrong_order():
 def test_reports_on_the_hand_case(tmp_path):
     calls = tmp_path / "calls.csv"
     calls_table(HAND).to_csv(calls, index=False)
-    aggregate.run(calls, tmp_path / "beta.csv", AGG, BETA, report_dir=tmp_path / "rep")
+    aggregate.run(AGG, BETA, aggregate.AggregatePaths(calls, tmp_path / "beta.csv", tmp_path / "rep"))
     saved = json.loads((tmp_path / "rep" / "aggregate.json").read_text())
     assert saved["tie_break_rate"] == {"a": 0.0, "b": 1.0, "annotators": 1.0}
     assert saved["agreement"]["category_agreement"] == {"a~b": 0.0}
@@ -789,7 +791,7 @@ def test_cli_free_form_panel_with_overrides(tmp_path, monkeypatch, capsys):
     assert cli.main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["pairs"]["kept"] == 30 and printed["panel"] == {"annotators": 3, "variants": 4}
-    frame = aggregate.read_beta_artifact("out/beta.csv", 0.05, 0.25)
+    frame = read_beta_artifact("out/beta.csv", 0.05, 0.25)
     assert frame.columns[2] == "category_Z_v1" and "beta_annotators_mean_v4" in frame.columns
     row = frame.iloc[0]
     assert row["beta_alpha_v1"] == pytest.approx(0.05 + 0.2 * row["magnitude_alpha_v1"], **APPROX)
@@ -818,7 +820,7 @@ def test_cli_reads_params_file(tmp_path, monkeypatch):
     Path("params.yaml").write_text("aggregate:\n  teacher_operators: [median]\nbeta:\n  max: 0.2\n")
     calls_table(HAND).to_csv("calls.csv", index=False)
     assert cli.main(["aggregate", "--calls", "calls.csv", "--out", "beta.csv", "--no-reports"]) == 0
-    frame = aggregate.read_beta_artifact("beta.csv", 0.03, 0.2)
+    frame = read_beta_artifact("beta.csv", 0.03, 0.2)
     assert "beta_annotators_median_ens" in frame.columns
     assert frame.at[0, "beta_a_ens"] == pytest.approx(0.03 + 0.17 * 0.4, **APPROX)
 

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from sp2dpo.annotate.cache import CallLog, call_key
-from sp2dpo.annotate.run import load_params, select_pairs
-from sp2dpo.config import ConfigError
+from sp2dpo.annotate.plan import select_pairs
+from sp2dpo.core import config
+from sp2dpo.core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,39 +77,40 @@ def test_subset_is_deterministic_and_grows_monotonically():
     assert len(select_pairs(pairs, None, 42)) == 50
 
 
-def test_real_params_and_shipped_teacher_configs_load():
-    params = load_params(ROOT / "params.yaml")
+def test_real_params_and_shipped_teacher_profiles_load():
+    params = config.load(ROOT / "params.yaml")
     assert [t.backend for t in params.teachers] == ["local", "local"]
     assert [v.name for v in params.prompts.variants] == ["v1", "v2", "v3"]
     assert params.decoding.max_tokens == 64 and params.annotate.max_pairs >= 1
-    paper = load_params(ROOT / "configs/teachers/paper.yaml")
+    # A profile is also a params file on its own (`sp2dpo annotate --params profiles/...`).
+    paper = config.load(ROOT / "profiles/paper-teachers.yaml")
     assert [(t.id, t.model, t.api_key_env) for t in paper.teachers] == [
         ("qwen", "qwen-max-2025-01-25", "QWEN_API_KEY"),
         ("openai", "gpt-5-mini-2025-08-07", "OPENAI_API_KEY"),
         ("gemini", "gemini-2.0-flash", "GEMINI_API_KEY"),
     ]
     assert all(t.price_in_per_m > 0 and t.rpm for t in paper.teachers)
-    load_params(ROOT / "configs/teachers/local-servers.yaml")
+    config.load(ROOT / "profiles/local-servers.yaml")
 
 
-def test_teachers_file_replaces_the_panel_and_panels_are_checked(tmp_path):
+def test_panels_are_checked_when_params_load(tmp_path):
     cfg = tmp_path / "params.yaml"
-    cfg.write_text(yaml.safe_dump({"annotate": {"teachers_file": str(ROOT / "configs/teachers/paper.yaml")},
-                                   "teachers": [{"id": "x", "backend": "local", "model": "local:x"}]}))
-    assert [t.id for t in load_params(cfg).teachers] == ["qwen", "openai", "gemini"]
     cfg.write_text(yaml.safe_dump({"teachers": []}))
     with pytest.raises(ConfigError, match="`teachers` is empty"):
-        load_params(cfg)
+        config.load(cfg)
     twice = {"id": "x", "backend": "local", "model": "local:x"}
     cfg.write_text(yaml.safe_dump({"teachers": [twice, twice]}))
     with pytest.raises(ConfigError, match="repeated: x"):
-        load_params(cfg)
+        config.load(cfg)
     cfg.write_text(yaml.safe_dump({"teachers": {"id": "x"}}))
     with pytest.raises(ConfigError, match="teachers: expected a list"):
-        load_params(cfg)
+        config.load(cfg)
     cfg.write_text(yaml.safe_dump({"teachers": [twice], "annotate": {"redo_statuses": ["ok"]}}))
     with pytest.raises(ConfigError, match="redo_statuses: ok not allowed"):
-        load_params(cfg)
+        config.load(cfg)
+    # The stage that does not read the panel does not check it.
+    cfg.write_text(yaml.safe_dump({"teachers": [twice, twice]}))
+    assert config.load(cfg, sections=["aggregate"]).aggregate.prompt_operator == "median"
 
 
 def test_subset_is_independent_of_beta_random(h4_sample):

@@ -18,10 +18,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from sp2dpo import cli, schemas
+from sp2dpo import cli
 from sp2dpo.annotate.cache import CallLog
-from sp2dpo.annotate.client import AuthError
-from sp2dpo.annotate.run import run_annotate, stable_report
+from sp2dpo.annotate.report import stable_report
+from sp2dpo.core import schemas
+from sp2dpo.llm.client import AuthError
+from tests.conftest import annotate_file
 from tests.fault_server import FaultServer, pairs_frame, params, teacher
 
 #: mode -> (final status, attempts with max_retries=3, category when ok)
@@ -58,7 +60,7 @@ def test_every_fault_ends_once_with_the_right_status(tmp_path):
     with FaultServer(hang_s=4.0) as server:
         pairs, cfg = _setup(tmp_path, server, modes, variants=2, timeout_s=1.0)
         out = tmp_path / "calls.parquet"
-        summary = run_annotate(cfg, pairs, out, report_path=tmp_path / "report.json")
+        summary = annotate_file(cfg, pairs, out, report=tmp_path / "report.json")
         requests = list(server.requests)
 
     table = pd.read_parquet(out)
@@ -113,33 +115,33 @@ def test_rerun_and_growing_panel_call_only_what_is_new(tmp_path):
         out = tmp_path / "calls.parquet"
         cfg = tmp_path / "p1.yaml"
         cfg.write_text(yaml.safe_dump(params([teacher(server, id="a")], variants=2)))
-        first = run_annotate(cfg, pairs, out, report_path=None)
+        first = annotate_file(cfg, pairs, out, report=None)
         assert first["calls_made"] == 6
         n_requests = len(server.requests)
 
-        again = run_annotate(cfg, pairs, out, report_path=None)
+        again = annotate_file(cfg, pairs, out, report=None)
         assert again["calls_made"] == 0 and len(server.requests) == n_requests
 
         # One more variant and one more teacher: only the new calls are made.
         cfg2 = tmp_path / "p2.yaml"
         cfg2.write_text(yaml.safe_dump(params([teacher(server, id="a"), teacher(server, id="b")], variants=3)))
-        grown = run_annotate(cfg2, pairs, out, report_path=None)
+        grown = annotate_file(cfg2, pairs, out, report=None)
         assert grown["calls"] == 18 and grown["calls_made"] == 18 - 6
         assert max(server.counts.values()) <= 4  # no call was repeated beyond its own retries
 
         # A decoding change re-keys every call; timeouts and retries do not.
         cfg3 = tmp_path / "p3.yaml"
         cfg3.write_text(yaml.safe_dump(params([teacher(server, id="a")], variants=2, timeout_s=9, max_retries=1)))
-        assert run_annotate(cfg3, pairs, out, report_path=None)["calls_made"] == 0
+        assert annotate_file(cfg3, pairs, out, report=None)["calls_made"] == 0
         cfg4 = tmp_path / "p4.yaml"
         cfg4.write_text(yaml.safe_dump(params([teacher(server, id="a")], variants=2, temperature=0.0)))
-        assert run_annotate(cfg4, pairs, out, report_path=None)["calls_made"] == 6
+        assert annotate_file(cfg4, pairs, out, report=None)["calls_made"] == 6
 
         # redo_statuses re-calls the invalid outputs only; the newest record wins.
         cfg5 = yaml.safe_load(cfg.read_text())
         cfg5["annotate"]["redo_statuses"] = ["invalid_json"]
         (tmp_path / "p5.yaml").write_text(yaml.safe_dump(cfg5))
-        redo = run_annotate(tmp_path / "p5.yaml", pairs, out, report_path=None)
+        redo = annotate_file(tmp_path / "p5.yaml", pairs, out, report=None)
         assert redo["calls_made"] == 2
     table = pd.read_parquet(out)
     assert len(table) == 6 and not table["call_key"].duplicated().any()
@@ -159,7 +161,7 @@ def test_estimate_calls_nothing(tmp_path, capsys):
         expected = (fault["input_tokens_est"] * 2.0 + fault["output_tokens_max"] * 8.0) / 1e6
         assert fault["cost_usd_max"] == pytest.approx(expected, abs=1e-4)
 
-        run_annotate(cfg, pairs, out, report_path=None)
+        annotate_file(cfg, pairs, out, report=None)
         assert cli.main(["annotate", "--pairs", str(pairs), "--out", str(out), "--params", str(cfg),
                          "--estimate"]) == 0
         after = json.loads(capsys.readouterr().out)["per_teacher"]["fault"]
@@ -193,7 +195,7 @@ def test_missing_key_variable_stops_before_any_call(tmp_path, monkeypatch):
     with FaultServer() as server:
         pairs, cfg = _setup(tmp_path, server, ["ok"], teacher={"api_key_env": "SP2DPO_TEST_MISSING_KEY"})
         with pytest.raises(AuthError, match="SP2DPO_TEST_MISSING_KEY is not set"):
-            run_annotate(cfg, pairs, tmp_path / "c.parquet", report_path=None)
+            annotate_file(cfg, pairs, tmp_path / "c.parquet", report=None)
         assert server.requests == []
 
 
@@ -216,12 +218,12 @@ def test_fake_key_appears_in_no_output(tmp_path, monkeypatch, capsys, caplog):
         cfg2["decoding"]["seed"] = 7  # new keys: calls are made again
         (tmp_path / "p2.yaml").write_text(yaml.safe_dump(cfg2))
         with pytest.raises(AuthError) as info:
-            run_annotate(tmp_path / "p2.yaml", pairs, tmp_path / "c2.parquet", report_path=None)
+            annotate_file(tmp_path / "p2.yaml", pairs, tmp_path / "c2.parquet", report=None)
         assert "SP2DPO_TEST_KEY" in str(info.value)
-        from sp2dpo.annotate.client import OpenAICompatibleClient
-        from sp2dpo.annotate.run import load_params
+        from sp2dpo.core import config
+        from sp2dpo.llm.client import OpenAICompatibleClient
 
-        p = load_params(cfg)
+        p = config.load(cfg)
         client = OpenAICompatibleClient(p.teachers[0], p.decoding)
         texts = [str(info.value), repr(info.value), repr(client), repr(p), str(vars(p))]
     captured = capsys.readouterr()
@@ -257,7 +259,7 @@ def test_sigkill_mid_run_resumes_without_redoing_or_duplicating(tmp_path):
         assert 30 <= len(done) < 3 * n_pairs
         before = dict(server.counts)
 
-        summary = run_annotate(cfg, pairs, out, report_path=None)
+        summary = annotate_file(cfg, pairs, out, report=None)
         assert summary["calls_made"] == 3 * n_pairs - len(done)
         assert summary["log_lines_skipped"] == 1
     table = pd.read_parquet(out)
@@ -279,9 +281,9 @@ def test_call_table_schema_rejects_inconsistent_rows(tmp_path):
     with FaultServer() as server:
         pairs, cfg = _setup(tmp_path, server, ["ok", "malformed"], variants=1, max_retries=0)
         out = tmp_path / "calls.parquet"
-        run_annotate(cfg, pairs, out, report_path=None)
+        annotate_file(cfg, pairs, out, report=None)
     table = pd.read_parquet(out)
-    from sp2dpo.artifacts import SchemaViolation, validate
+    from sp2dpo.core.artifacts import SchemaViolation, validate
 
     validate(table, schemas.AnnotatedCallTable, "t")
     bad = table.copy()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sp2dpo.annotate.prompts import boundary, check_user_template, load_variants, messages_sha256
-from sp2dpo.config import ConfigError, PromptsConfig, PromptVariantConfig
-from sp2dpo.schemas import CATEGORIES
+from sp2dpo.core.config import ConfigError, PromptsConfig, PromptVariantConfig
+from sp2dpo.core.schemas import CATEGORIES
 
 ROOT = Path(__file__).resolve().parents[1]
 

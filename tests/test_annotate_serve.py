@@ -15,9 +15,8 @@ import pytest
 import requests
 import yaml
 
-from sp2dpo import models
-from sp2dpo.annotate.run import run_annotate
-from tests.conftest import stop_process
+from sp2dpo.llm import models
+from tests.conftest import annotate_file, stop_process
 from tests.fault_server import params
 
 TRANSFORMERS = Path(sys.executable).parent / "transformers"
@@ -84,7 +83,7 @@ def test_annotate_through_transformers_serve(serve, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
 
     out = tmp_path / "calls.parquet"
-    summary = run_annotate(tmp_path / "params.yaml", tmp_path / "pairs.jsonl", out, report_path=None)
+    summary = annotate_file(tmp_path / "params.yaml", tmp_path / "pairs.jsonl", out, report=None)
     table = pd.read_parquet(out)
     assert len(table) == 2 * 2 and summary["calls_made"] == 4
 
@@ -98,5 +97,5 @@ def test_annotate_through_transformers_serve(serve, tmp_path):
     assert (other["status"] == "http_error").all() and other["error"].str.contains("HTTP 400").all()
 
     # Re-running calls nothing: every call is cached.
-    again = run_annotate(tmp_path / "params.yaml", tmp_path / "pairs.jsonl", out, report_path=None)
+    again = annotate_file(tmp_path / "params.yaml", tmp_path / "pairs.jsonl", out, report=None)
     assert again["calls_made"] == 0

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sp2dpo import audit, cli
+from sp2dpo import cli
+from sp2dpo.audit import compare as audit_diff
 from tests.conftest import run
 
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -148,12 +149,12 @@ def test_diff_across_git_and_dvc_revisions(tmp_path, capsys, monkeypatch):
 
 
 def test_side_params_prefer_dvc_lock(tmp_path):
-    params, source = audit._params_at(tmp_path, None)
+    params, source = audit_diff._params_at(tmp_path, None)
     assert (params, source) == ({}, "unknown")
     (tmp_path / "params.yaml").write_text("beta:\n  min: 0.01\n")
     (tmp_path / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  aggregate:\n    params:\n      params.yaml:\n        beta.min: 0.03\n        aggregate:\n          prompt_operator: median\n"
     )
-    params, source = audit._params_at(tmp_path, None)
+    params, source = audit_diff._params_at(tmp_path, None)
     assert params == {"beta.min": 0.03, "aggregate.prompt_operator": "median"}
     assert source == "workspace:dvc.lock (aggregate)"

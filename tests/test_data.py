@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sp2dpo import artifacts, data
-from sp2dpo.config import DataConfig, FilterConfig
-from sp2dpo.schemas import PAIR_COLUMNS, FilteredPairsTable, PairsTable
+from sp2dpo import data
+from sp2dpo.core import artifacts
+from sp2dpo.core.config import DataConfig, FilterConfig
+from sp2dpo.core.schemas import PAIR_COLUMNS, FilteredPairsTable, PairsTable
 
 
 def hf_record(prompt: str, chosen: str, rejected: str, **extra) -> dict:
@@ -193,7 +194,7 @@ def test_bad_snapshot_names_file_line_and_field(tmp_path, lines, message):
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out" / "fetched.parquet"
     with pytest.raises(data.DataError, match=message):
-        data.run_fetch(DataConfig(path=str(path)), out, tmp_path / "out" / "fetch.json")
+        data.run_fetch(DataConfig(path=str(path)), data.FetchPaths(out=out, report=tmp_path / "out" / "fetch.json"))
     assert not out.exists() and not (tmp_path / "out" / "fetch.json").exists()
     assert not list((tmp_path / "out").glob("*.tmp")) if (tmp_path / "out").exists() else True
 
@@ -216,12 +217,12 @@ def test_unknown_file_type_and_missing_file(tmp_path):
 def test_failed_fetch_keeps_the_previous_output(tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", [GOOD])
     out, report = tmp_path / "fetched.parquet", tmp_path / "fetch.json"
-    data.run_fetch(DataConfig(path=str(good)), out, report)
+    data.run_fetch(DataConfig(path=str(good)), data.FetchPaths(out=out, report=report))
     before = out.read_bytes()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(GOOD) + "\n{oops\n")
     with pytest.raises(data.DataError):
-        data.run_fetch(DataConfig(path=str(bad)), out, report)
+        data.run_fetch(DataConfig(path=str(bad)), data.FetchPaths(out=out, report=report))
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "fetch.json", "fetched.parquet", "good.jsonl"]
 

@@ -11,9 +11,9 @@ import dataclasses
 
 import pytest
 
-from sp2dpo import models
-from sp2dpo.config import GenerationConfig, StudentConfig
+from sp2dpo.core.config import GenerationConfig, StudentConfig
 from sp2dpo.evaluate import generate as gen
+from sp2dpo.llm import models
 
 INSTRUCTIONS = [
     "What is the capital of France?",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import random
@@ -16,7 +15,8 @@ import nltk.tokenize
 import pytest
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 
-from sp2dpo.evaluate import ifeval, punkt
+from sp2dpo import cli
+from sp2dpo.evaluate import ifeval, ifeval_checkers, punkt
 from sp2dpo.evaluate.ifeval import (
     IFEvalError,
     IFEvalInputError,
@@ -61,7 +61,7 @@ def test_load_official_file(prompts: dict[int, IFEvalPrompt], input_path: Path) 
     assert p.prompt.startswith("I am planning a trip to Japan")
     assert [q.key for q in ifeval.load_prompts(input_path)] == sorted(prompts)
     used = {i for q in prompts.values() for i in q.instruction_id_list}
-    assert len(used) == 25 and used <= set(ifeval.supported_instructions())
+    assert len(used) == 25 and used <= set(ifeval_checkers.supported_instructions())
 
 
 def test_plain_jsonl_equals_gz(tmp_path: Path, input_path: Path) -> None:
@@ -427,9 +427,7 @@ def test_letter_frequency_with_non_letter_is_deterministic(
 
 
 def _run_cli(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="sp2dpo")
-    ifeval.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = cli.make_parser().parse_args(argv)
     args.func(args)
 
 

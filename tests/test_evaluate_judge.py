@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from sp2dpo.annotate.client import AuthError
-from sp2dpo.config import ConfigError, DecodingConfig, EvalConfig, TeacherConfig, build
+from sp2dpo.core.config import DecodingConfig, EvalConfig, TeacherConfig, build
 from sp2dpo.evaluate import judge as J
+from sp2dpo.llm.client import AuthError
+from tests.conftest import compose_params
 from tests.fault_server import FaultServer
 from tests.test_annotate_serve import serve as serve  # the real `transformers serve` fixture
 
@@ -116,7 +117,7 @@ def test_check_judge_independent():
         J.check_judge_independent(entry("j", "Gemini-2.5-Flash"), teachers, False)
     assert issubclass(J.JudgeConflictError, ValueError)
     # A local spec and the converted folder it resolves to are the same model.
-    from sp2dpo import models
+    from sp2dpo.llm import models
 
     folder = str(models.cache_dir() / "models" / "gemma3-270m")
     with pytest.raises(J.JudgeConflictError, match="teacher 'gemma'"):
@@ -125,26 +126,17 @@ def test_check_judge_independent():
     assert "teacher 'qwen'" in warning and "allowed by eval.allow_teacher_judge" in warning
 
 
-def test_load_judge_from_file_and_defaults(tmp_path):
-    default = EvalConfig()
-    assert J.load_judge(default) == (default.judge, default.judge_decoding)
-    cfg = dataclasses.replace(default, judge_file="configs/eval/gpt4-turbo-judge.yaml")
-    judge, decoding = J.load_judge(cfg, ROOT)
+def test_official_judge_profile_composes_the_gpt4_turbo_judge(tmp_path):
+    params = compose_params(tmp_path, ["+profiles=gpt4-turbo-judge"])
+    judge, decoding = params.eval.judge, params.eval.judge_decoding
     assert (judge.backend, judge.preset, judge.model) == ("openai", "openai", "gpt-4-1106-preview")
     assert judge.api_key_env == "OPENAI_API_KEY"
     assert judge.extra_body == {"logprobs": True, "top_logprobs": 5}
     assert (judge.price_in_per_m, judge.price_out_per_m) == (10.0, 30.0)
-    assert (decoding.temperature, decoding.max_tokens) == (0.0, 1)
-
-    (tmp_path / "j.yaml").write_text("judge: {id: x, backend: local, model: local:gemma3-270m}\n")
-    judge, decoding = J.load_judge(dataclasses.replace(default, judge_file="j.yaml"), tmp_path)
-    assert judge.id == "x" and decoding == default.judge_decoding
-    (tmp_path / "bad.yaml").write_text("judge: {id: x, model: m, colour: red}\nteachers: []\n")
-    with pytest.raises(ConfigError, match=r"unknown key.*teachers"):
-        J.load_judge(dataclasses.replace(default, judge_file="bad.yaml"), tmp_path)
-    (tmp_path / "bad2.yaml").write_text("judge: {id: x, model: m, colour: red}\n")
-    with pytest.raises(ConfigError, match=r"bad2.yaml.*colour"):
-        J.load_judge(dataclasses.replace(default, judge_file="bad2.yaml"), tmp_path)
+    assert (decoding.temperature, decoding.max_tokens, decoding.max_retries) == (0.0, 1, 5)
+    assert params.eval.allow_teacher_judge is False
+    # Only the judge changed: the rest of eval is the offline default.
+    assert params.eval.alpaca_eval == EvalConfig().alpaca_eval
 
 
 # ------------------------------------------------------------------------------ HTTP backend
@@ -253,7 +245,7 @@ def test_pairs_must_share_the_instruction():
     ref, mod = pairs(1)[0]
     with pytest.raises(ValueError, match="pair mismatch"):
         J.run_judge([(ref, {**mod, "instruction": "other"})], EvalConfig().judge, FAST)
-    annotator = J.build_judge(EvalConfig().judge, FAST)
+    annotator = J.PairwiseJudge(EvalConfig().judge, FAST)
     with pytest.raises(ValueError, match="1 model outputs for 2 reference outputs"):
         J.annotate_pairs(annotator, [ref, ref], [mod])
 
@@ -261,7 +253,7 @@ def test_pairs_must_share_the_instruction():
 def test_annotate_pairs_and_stable_summary():
     items = pairs(4)
     with FaultServer(responder=judge_responder) as server:
-        annotator = J.build_judge(http_judge(server), FAST)
+        annotator = J.PairwiseJudge(http_judge(server), FAST)
         by_seed = {
             seed: J.annotate_pairs(annotator, [r for r, _ in items], [m for _, m in items], seed=seed)
             for seed in (1, 2)

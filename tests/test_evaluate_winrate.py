@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 from scipy.optimize import minimize
 
+from sp2dpo import cli
 from sp2dpo.evaluate import alpaca, winrate
-from sp2dpo.evaluate.winrate import LENGTH_CONTROLLED_V1, OFFLINE_ESTIMATE, OfficialLCInputs
+from sp2dpo.evaluate import lc as lc_glm
+from sp2dpo.evaluate.lc import LENGTH_CONTROLLED_V1, OFFLINE_ESTIMATE, OfficialLCInputs
 
 MODELS = ["alpaca-7b", "gpt-3.5-turbo-1106", "OpenHermes-2.5-Mistral-7B", "gpt4_gamed"]
 #: The pinned output keys of `sp2dpo winrate`.
@@ -161,25 +163,25 @@ def test_offline_estimate_is_labelled_and_recorded(frames, model):
 
 
 def test_offline_estimate_undoes_gpt4_gamed_length_gaming(frames, leaderboard):
-    got = winrate.length_controlled_winrate(frames["gpt4_gamed"])
+    got = lc_glm.length_controlled_winrate(frames["gpt4_gamed"])
     raw = leaderboard.loc["gpt4_gamed", "win_rate"]
     assert raw == pytest.approx(3.7383373713788814)
     assert got.winrate > raw + 5  # short answers: controlling for length raises the win rate
     # gpt4_gamed answers are much shorter than the baseline's: a strongly negative length weight.
-    assert got.fit.coef[winrate.FEATURE_LENGTH] < -5
+    assert got.fit.coef[lc_glm.FEATURE_LENGTH] < -5
     assert got.fit.C in np.logspace(-4, 4, 10)
 
 
 @pytest.mark.parametrize("n_rows", [0, 1])
 def test_too_few_rows_give_nan_with_a_reason(frames, n_rows):
-    lc = winrate.length_controlled_winrate(frames["alpaca-7b"].head(n_rows))
+    lc = lc_glm.length_controlled_winrate(frames["alpaca-7b"].head(n_rows))
     assert math.isnan(lc.winrate)
     assert f"{n_rows} annotation(s)" in lc.reason
 
 
 @pytest.mark.parametrize("n_rows", [2, 3, 7])
 def test_few_rows_use_fewer_folds(frames, n_rows):
-    lc = winrate.length_controlled_winrate(frames["OpenHermes-2.5-Mistral-7B"].head(n_rows))
+    lc = lc_glm.length_controlled_winrate(frames["OpenHermes-2.5-Mistral-7B"].head(n_rows))
     assert lc.fit.n_splits == min(5, n_rows)
     assert 0 < lc.winrate < 100
 
@@ -189,9 +191,9 @@ def test_fit_ignores_the_global_sklearn_routing_setting(frames):
 
     frame = frames["gpt-3.5-turbo-1106"]
     with sklearn.config_context(enable_metadata_routing=False):
-        off = winrate.length_controlled_winrate(frame).winrate
+        off = lc_glm.length_controlled_winrate(frame).winrate
     with sklearn.config_context(enable_metadata_routing=True):
-        on = winrate.length_controlled_winrate(frame).winrate
+        on = lc_glm.length_controlled_winrate(frame).winrate
     assert off == on == pytest.approx(OFFLINE_LC["gpt-3.5-turbo-1106"], rel=1e-9)
 
 
@@ -199,8 +201,8 @@ def test_constant_length_difference_has_no_length_effect(frames):
     frame = frames["alpaca-7b"].head(6).copy()
     frame["output_2"] = frame["output_1"].str.slice(0, 5)
     frame["output_1"] = frame["output_1"].str.slice(0, 9)  # delta = 4 everywhere: sd = 0
-    lc = winrate.length_controlled_winrate(frame)
-    assert lc.fit.coef[winrate.FEATURE_LENGTH] == 0.0
+    lc = lc_glm.length_controlled_winrate(frame)
+    assert lc.fit.coef[lc_glm.FEATURE_LENGTH] == 0.0
     assert 0 < lc.winrate < 100
 
 
@@ -210,7 +212,7 @@ def test_continuous_log_loss_matches_the_formula():
     sw = np.r_[p * w, (1 - p) * w]
     qq = np.clip(q, 1e-15, 1 - 1e-15)
     want = np.mean(-w * (p * np.log(qq) + (1 - p) * np.log(1 - qq)))
-    assert winrate.continuous_log_loss(y, np.r_[q, q], sw) == pytest.approx(want, rel=1e-12)
+    assert lc_glm.continuous_log_loss(y, np.r_[q, q], sw) == pytest.approx(want, rel=1e-12)
 
 
 def penalised_objective(X, p, w, C, beta) -> float:
@@ -240,7 +242,7 @@ def liblinear_objective_minimum(X, p, w, C) -> np.ndarray:
 @pytest.mark.parametrize("model", ["gpt4_gamed", "gpt-3.5-turbo-1106"])
 def test_glm_fit_is_the_l1_penalised_continuous_logistic_regression(frames, model):
     frame = frames[model]
-    lc = winrate.length_controlled_winrate(frame)
+    lc = lc_glm.length_controlled_winrate(frame)
     n = len(frame)
     X = np.column_stack([np.tanh(std_delta_len(frame)), np.ones(n)])
     p = frame["preference"].to_numpy() - 1
@@ -275,7 +277,7 @@ def test_official_path_is_labelled_and_independent_of_annotation_order(
     assert 0 < got["length_controlled_winrate"] < 100
     # Shuffled annotations keep their own difficulty through the AlpacaEval index.
     shuffled = frame.sample(frac=1.0, random_state=3).reset_index(drop=True)
-    again = winrate.length_controlled_winrate(
+    again = lc_glm.length_controlled_winrate(
         shuffled, official, alpaca.match_reference(shuffled, ref)
     )
     # Same rows, other order: GroupKFold folds differ, so allow a small difference only.
@@ -288,20 +290,20 @@ def test_difficulty_correlated_with_preference_gets_a_positive_weight(tmp_path, 
     _, gamed_path = write_official_files(tmp_path, frames, ["alpaca-7b"])
     # "difficulty" that tracks this model's wins (higher: the model more likely wins).
     difficulty = pd.Series((p - p.mean()) / p.std(), index=np.arange(805))
-    gamed = winrate.read_df_gamed(gamed_path)
+    gamed = lc_glm.read_df_gamed(gamed_path)
     gamed["instruction_difficulty"] = difficulty.loc[gamed["index"]].to_numpy()
-    lc = winrate.length_controlled_winrate(
+    lc = lc_glm.length_controlled_winrate(
         frame, OfficialLCInputs(difficulty, gamed), np.arange(805)
     )
-    assert lc.fit.coef[winrate.FEATURE_DIFFICULTY] > 0.5
+    assert lc.fit.coef[lc_glm.FEATURE_DIFFICULTY] > 0.5
     # Anti-correlated difficulty: negative weight.
-    lc_neg = winrate.length_controlled_winrate(
+    lc_neg = lc_glm.length_controlled_winrate(
         frame,
         OfficialLCInputs(-difficulty, gamed.assign(instruction_difficulty=lambda d: -d[
             "instruction_difficulty"])),
         np.arange(805),
     )
-    assert lc_neg.fit.coef[winrate.FEATURE_DIFFICULTY] < -0.5
+    assert lc_neg.fit.coef[lc_glm.FEATURE_DIFFICULTY] < -0.5
 
 
 def test_gamed_regularisation_moves_the_estimate(tmp_path, frames):
@@ -317,16 +319,16 @@ def test_gamed_regularisation_moves_the_estimate(tmp_path, frames):
             "std_delta_len": x, "instruction_difficulty": 0.0, "not_gamed_baseline": 0.0,
         })
 
-    lc_flat = winrate.length_controlled_winrate(
+    lc_flat = lc_glm.length_controlled_winrate(
         frame, OfficialLCInputs(difficulty, gamed(0.0)), index
     )
-    lc_steep = winrate.length_controlled_winrate(
+    lc_steep = lc_glm.length_controlled_winrate(
         frame, OfficialLCInputs(difficulty, gamed(-30.0)), index
     )
-    offline = winrate.length_controlled_winrate(frame)
-    w_flat = lc_flat.fit.coef[winrate.FEATURE_LENGTH]
-    w_steep = lc_steep.fit.coef[winrate.FEATURE_LENGTH]
-    w_free = offline.fit.coef[winrate.FEATURE_LENGTH]
+    offline = lc_glm.length_controlled_winrate(frame)
+    w_flat = lc_flat.fit.coef[lc_glm.FEATURE_LENGTH]
+    w_steep = lc_steep.fit.coef[lc_glm.FEATURE_LENGTH]
+    w_free = offline.fit.coef[lc_glm.FEATURE_LENGTH]
     # Gamed rows with no length effect pull the length weight toward 0, steep ones away from it.
     assert w_steep < w_free < w_flat
     assert lc_flat.winrate < offline.winrate < lc_steep.winrate
@@ -336,27 +338,27 @@ def test_official_inputs_are_checked(tmp_path, frames, official_files):
     difficulty_path, gamed_path = official_files
     bad = tmp_path / "difficulty.csv"
     bad.write_text("index,a,b\n0,1,2\n", encoding="utf-8")
-    with pytest.raises(winrate.LengthControlInputError, match="one difficulty column"):
-        winrate.read_instruction_difficulty(bad)
+    with pytest.raises(lc_glm.LengthControlInputError, match="one difficulty column"):
+        lc_glm.read_instruction_difficulty(bad)
     bad.write_text("index,instruction_difficulty\n0,1.0\n1,oops\n", encoding="utf-8")
-    with pytest.raises(winrate.LengthControlInputError, match=r"row 1 .* 'oops'"):
-        winrate.read_instruction_difficulty(bad)
+    with pytest.raises(lc_glm.LengthControlInputError, match=r"row 1 .* 'oops'"):
+        lc_glm.read_instruction_difficulty(bad)
     bad.write_text("index,instruction_difficulty\n0,1.0\n0,2.0\n", encoding="utf-8")
-    with pytest.raises(winrate.LengthControlInputError, match="index 0 appears more than once"):
-        winrate.read_instruction_difficulty(bad)
+    with pytest.raises(lc_glm.LengthControlInputError, match="index 0 appears more than once"):
+        lc_glm.read_instruction_difficulty(bad)
     gamed = pd.read_csv(gamed_path)
     gamed.drop(columns=["std_delta_len"]).to_csv(tmp_path / "g.csv", index=False)
-    with pytest.raises(winrate.LengthControlInputError, match=r"missing column\(s\) \['std_delta_len'\]"):
-        winrate.read_df_gamed(tmp_path / "g.csv")
+    with pytest.raises(lc_glm.LengthControlInputError, match=r"missing column\(s\) \['std_delta_len'\]"):
+        lc_glm.read_df_gamed(tmp_path / "g.csv")
     gamed.assign(preference=gamed["preference"] + 1).to_csv(tmp_path / "g.csv", index=False)
-    with pytest.raises(winrate.LengthControlInputError, match="outside"):
-        winrate.read_df_gamed(tmp_path / "g.csv")
+    with pytest.raises(lc_glm.LengthControlInputError, match="outside"):
+        lc_glm.read_df_gamed(tmp_path / "g.csv")
     official = OfficialLCInputs.read(difficulty_path, gamed_path)
     assert len(official.difficulty) == 805 and set(official.df_gamed["not_gamed_baseline"]) == {0}
-    with pytest.raises(winrate.LengthControlInputError, match="needs the AlpacaEval index"):
-        winrate.length_controlled_winrate(frames["alpaca-7b"], official, None)
-    with pytest.raises(winrate.LengthControlInputError, match="index 9999"):
-        winrate.length_controlled_winrate(
+    with pytest.raises(lc_glm.LengthControlInputError, match="needs the AlpacaEval index"):
+        lc_glm.length_controlled_winrate(frames["alpaca-7b"], official, None)
+    with pytest.raises(lc_glm.LengthControlInputError, match="index 9999"):
+        lc_glm.length_controlled_winrate(
             frames["alpaca-7b"].head(3), official, np.array([0, 1, 9999])
         )
 
@@ -408,7 +410,7 @@ def test_matches_alpaca_eval_get_length_controlled_winrate(
 
 def test_cli_text_output_labels_the_offline_estimate(capsys, evalsets, reference_path):
     path = annotations_path(evalsets, "gpt4_gamed")
-    assert winrate.main(["--annotations", str(path), "--reference", str(reference_path)]) == 0
+    assert cli.main(["winrate", "--annotations", str(path), "--reference", str(reference_path)]) == 0
     out = capsys.readouterr().out
     lines = dict(line.split(": ", 1) for line in out.splitlines())
     assert set(lines) == KEYS
@@ -422,7 +424,7 @@ def test_cli_text_output_labels_the_offline_estimate(capsys, evalsets, reference
 def test_cli_json_official(capsys, evalsets, reference_path, official_files):
     path = annotations_path(evalsets, "alpaca-7b")
     difficulty_path, gamed_path = official_files
-    status = winrate.main([
+    status = cli.main(["winrate",
         "--annotations", str(path), "--reference", str(reference_path),
         "--instruction-difficulty", str(difficulty_path), "--df-gamed", str(gamed_path), "--json",
     ])
@@ -438,7 +440,7 @@ def test_cli_json_carries_null_for_nan(tmp_path, capsys, evalsets):
     one = alpaca.load_json_list(annotations_path(evalsets, "alpaca-7b"))[:1]
     path = tmp_path / "one.json"
     alpaca.write_annotations(one, path)
-    assert winrate.main(["--annotations", str(path), "--json"]) == 0
+    assert cli.main(["winrate", "--annotations", str(path), "--json"]) == 0
     out = capsys.readouterr().out
     assert "NaN" not in out
     got = json.loads(out)
@@ -458,33 +460,28 @@ def test_cli_usage_errors(capsys, evalsets, official_files, extra, match):
     d, g = official_files
     extra = [e.format(d=d, g=g) for e in extra]
     path = annotations_path(evalsets, "alpaca-7b")
-    assert winrate.main(["--annotations", str(path), *extra]) == 2
+    assert cli.main(["winrate", "--annotations", str(path), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sp2dpo: error: ") and match in err
 
 
 def test_cli_bad_files(tmp_path, capsys, evalsets):
-    assert winrate.main(["--annotations", str(tmp_path / "missing.json")]) == 2
+    assert cli.main(["winrate", "--annotations", str(tmp_path / "missing.json")]) == 2
     assert "missing.json: no such file" in capsys.readouterr().err
     rows = alpaca.load_json_list(annotations_path(evalsets, "alpaca-7b"))[:3]
     rows[1]["preference"] = None
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
-    assert winrate.main(["--annotations", str(path)]) == 2
+    assert cli.main(["winrate", "--annotations", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == f"sp2dpo: error: {path}: item 1 field 'preference' is null (a failed or missing judgement)\n"
 
 
-def test_sp2dpo_winrate_subcommand_once_wired(evalsets):
-    """The console script, once cli.py registers winrate.add_parser (skipped until then)."""
+def test_sp2dpo_winrate_console_script(evalsets):
+    """The installed console script, as a user runs it."""
     import subprocess
     import sys
 
-    from sp2dpo import cli
-
-    sub = next(a for a in cli.make_parser()._actions if a.dest == "command")
-    if "winrate" not in sub.choices:
-        pytest.skip("sp2dpo winrate is not registered in sp2dpo.cli yet")
     exe = Path(sys.executable).parent / "sp2dpo"
     proc = subprocess.run(
         [str(exe), "winrate", "--annotations", str(annotations_path(evalsets, "gpt4_gamed")),
@@ -499,7 +496,7 @@ def test_sp2dpo_winrate_subcommand_once_wired(evalsets):
 
 
 def test_lc_methods_are_registered_data():
-    assert winrate.LC_METHODS == {
+    assert lc_glm.LC_METHODS == {
         "length_controlled_v1": LENGTH_CONTROLLED_V1,
         "offline-estimate:length-only-glm": OFFLINE_ESTIMATE,
     }

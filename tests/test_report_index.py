@@ -12,7 +12,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from sp2dpo import report_index
+from sp2dpo.report import index as report_index
 from tests.conftest import ROOT
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -69,7 +69,7 @@ def real(tmp_path: Path) -> Path:
 
 def test_real_reports_are_linked_and_summarized(real: Path):
     reports = real / "reports"
-    page = report_index.build_index(real)
+    page = report_index.build_index(real / "reports")
     assert_sections_in_order(page)
     assert_links_resolve(page, reports)
 
@@ -129,7 +129,7 @@ def test_nothing_produced_yet(tmp_path: Path):
 
 
 def write_eval(reports: Path) -> None:
-    """A complete eval output set in the layout of ``sp2dpo.evaluate.results``."""
+    """A complete eval output set in the layout of ``sp2dpo.report.results``."""
     (reports / "eval").mkdir(parents=True, exist_ok=True)
     per_student = {
         "student": "smollm2",
@@ -151,8 +151,8 @@ def write_eval(reports: Path) -> None:
     (reports / "eval.md").write_text(
         "# Evaluation results\n\n| Method | smollm2 LC |\n|---|---:|\n| DPO (global β) | 5.13 |\n"
     )
-    (reports / "eval" / "results.csv").write_text("student,method,metric,label,value\n")
-    (reports / "eval" / "results.png").write_bytes(b"\x89PNG\r\n")
+    (reports / "eval_plot.csv").write_text("student,method,metric,label,value\n")
+    (reports / "eval_plot.png").write_bytes(b"\x89PNG\r\n")
 
 
 def test_complete_reports_with_eval_loss_curves_and_other_files(real: Path):
@@ -164,7 +164,7 @@ def test_complete_reports_with_eval_loss_curves_and_other_files(real: Path):
     (reports / "notes.txt").write_text("extra")
     (reports / ".hidden").write_text("x")
 
-    page = report_index.build_index(real)
+    page = report_index.build_index(real / "reports")
     assert_sections_in_order(page)
     assert_links_resolve(page, reports)
     assert "[smollm2-sp2dpo_loss.csv](train/smollm2-sp2dpo_loss.csv)" in page
@@ -175,7 +175,7 @@ def test_complete_reports_with_eval_loss_curves_and_other_files(real: Path):
     # eval.md is linked and embedded, its headings below the page's own.
     assert "[`eval.md`](eval.md)" in page and "\n### Evaluation results\n" in page
     assert "| DPO (global β) | 5.13 |" in page
-    assert "![results](eval/results.png)" in page and "(eval/results.csv)" in page
+    assert "![eval_plot](eval_plot.png)" in page and "(eval_plot.csv)" in page
     assert "not produced yet" in page  # the dpo and rand_beta loss curves
     other = page.split("## other files", 1)[1].split("##", 1)[0]
     assert "[`notes.txt`](notes.txt)" in other and ".hidden" not in page
@@ -183,11 +183,11 @@ def test_complete_reports_with_eval_loss_curves_and_other_files(real: Path):
 
 
 def test_write_index_is_atomic_deterministic_and_not_self_listed(real: Path):
-    path = report_index.write_index(str(real))  # the report stage passes "."
+    path = report_index.write_index(str(real / "reports"))
     assert path == real / "reports" / "index.md"
     first = path.read_bytes()
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    report_index.write_index(real)
+    report_index.write_index(real / "reports")
     assert path.read_bytes() == first  # index.md itself is never listed
     assert "index.md" not in first.decode()
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".index.md.")]  # no temp left
@@ -200,7 +200,7 @@ def test_unreadable_or_unexpected_json_is_reported_not_fatal(tmp_path: Path):
     (reports / "filter.json").write_text("{not json")
     (reports / "fetch.json").write_text("[1, 2]")
     (reports / "train" / "smollm2-dpo.json").write_text("{")
-    page = report_index.build_index(tmp_path)
+    page = report_index.build_index(reports)
     assert "- [`filter.json`](filter.json): unreadable: JSONDecodeError" in page
     assert "- [`fetch.json`](fetch.json): unexpected content (not a JSON object)" in page
     assert "unreadable: JSONDecodeError" in next(
@@ -209,7 +209,12 @@ def test_unreadable_or_unexpected_json_is_reported_not_fatal(tmp_path: Path):
     assert_links_resolve(page, reports)
 
 
-def test_main_writes_the_index(real: Path, capsys):
-    assert report_index.main(["--root", str(real)]) == 0
-    assert capsys.readouterr().out.strip() == str(real / "reports" / "index.md")
-    assert (real / "reports" / "index.md").read_text() == report_index.build_index(real)
+def test_sp2dpo_report_writes_the_index_and_the_table(real: Path, capsys):
+    from sp2dpo import cli
+
+    reports = real / "reports"
+    (reports / "eval.md").unlink()
+    assert cli.main(["report", "--reports", str(reports)]) == 0
+    assert json.loads(capsys.readouterr().out)["index"] == str(reports / "index.md")
+    assert (reports / "eval.md").is_file()
+    assert (reports / "index.md").read_text() == report_index.build_index(reports)

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sp2dpo import artifacts, tracking
+from sp2dpo import tracking
+from sp2dpo.core import artifacts
 
 from .conftest import copy_project, run, stop_process, tool_env
 
@@ -162,7 +163,7 @@ def test_dvc_repro_trains_every_method_and_mlflow_server_shows_runs(tmp_path, h4
     for method in ("dpo", "sp2dpo", "rand_beta"):
         report = json.loads((proj / f"reports/train/smollm2-{method}.json").read_text())
         assert report["global_step"] == 2 and report["n_pairs"] == 2
-        assert (proj / f"models/smollm2-{method}/adapter_model.safetensors").exists()
+        assert (proj / f"models/smollm2/{method}/adapter_model.safetensors").exists()
     assert "train@smollm2-sp2dpo" in (proj / "dvc.lock").read_text()
 
     port = _free_port()

@@ -11,9 +11,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from trl import DPOConfig
 
-from sp2dpo import config, train
-from sp2dpo.train import BETA_COLUMN, BetaError
+from sp2dpo import train
+from sp2dpo.core import config
+from sp2dpo.core.beta import BetaError, read_beta_column
+from sp2dpo.train import BETA_COLUMN
+from sp2dpo.train.dataset import to_preference_dataset
+from tests.conftest import compose_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "local:smollm2-135m-instruct"
@@ -56,10 +61,10 @@ def write_beta_csv(path: Path, ids, **columns) -> Path:
 def test_read_beta_column_and_attach(tmp_path):
     ids = [p[0] for p in PAIRS]
     path = write_beta_csv(tmp_path / "beta.csv", ids, beta_annotators_mean_ens=np.linspace(0.03, 0.3, 6))
-    beta = train.read_beta_column(path, "beta_annotators_mean_ens", 0.03, 0.3)
+    beta = read_beta_column(path, "beta_annotators_mean_ens", 0.03, 0.3)
     out = train.attach_beta(pairs_frame(), beta)
     assert out[BETA_COLUMN].tolist() == pytest.approx(np.linspace(0.03, 0.3, 6).tolist())
-    ds = train.to_preference_dataset(out)
+    ds = to_preference_dataset(out)
     assert ds[0]["prompt"] == [{"role": "user", "content": PAIRS[0][1]}]
     assert ds[0]["chosen"] == [{"role": "assistant", "content": PAIRS[0][2]}]
     assert ds.features[BETA_COLUMN].dtype == "float64"
@@ -69,21 +74,21 @@ def test_read_beta_column_and_attach(tmp_path):
 def test_missing_or_misnamed_column_is_a_clear_error(tmp_path):
     path = write_beta_csv(tmp_path / "beta.csv", ["p0"], beta_qwen_ens=[0.1], beta_random=[0.2])
     with pytest.raises(BetaError, match=r"'beta_annotators_mean_ens' not found.*beta_qwen_ens, beta_random"):
-        train.read_beta_column(path, "beta_annotators_mean_ens", 0.03, 0.3)
+        read_beta_column(path, "beta_annotators_mean_ens", 0.03, 0.3)
     with pytest.raises(BetaError, match="not found"):
-        train.read_beta_column(tmp_path / "nope.csv", "beta_random", 0.03, 0.3)
+        read_beta_column(tmp_path / "nope.csv", "beta_random", 0.03, 0.3)
 
 
 @pytest.mark.parametrize("bad", [0.5, 0.01, float("inf")])
 def test_out_of_envelope_is_a_clear_error(tmp_path, bad):
     path = write_beta_csv(tmp_path / "beta.csv", ["p0", "p1"], beta_random=[0.1, bad])
     with pytest.raises(BetaError, match=r"outside the envelope \[0.03, 0.3\].*p1"):
-        train.read_beta_column(path, "beta_random", 0.03, 0.3)
+        read_beta_column(path, "beta_random", 0.03, 0.3)
 
 
 def test_uncovered_pairs_error_or_drop(tmp_path):
     path = write_beta_csv(tmp_path / "beta.csv", ["p0", "p1", "p2"], beta_random=[0.1, None, 0.2])
-    beta = train.read_beta_column(path, "beta_random", 0.03, 0.3)
+    beta = read_beta_column(path, "beta_random", 0.03, 0.3)
     with pytest.raises(BetaError, match=r"4 of 6 training pair\(s\) have no beta.*p1, p3, p4, p5.*drop_missing_beta"):
         train.attach_beta(pairs_frame(), beta)
     kept = train.attach_beta(pairs_frame(), beta, drop_missing=True)
@@ -93,10 +98,10 @@ def test_uncovered_pairs_error_or_drop(tmp_path):
 def test_duplicate_prompt_ids_rejected(tmp_path):
     path = write_beta_csv(tmp_path / "beta.csv", ["p0", "p0"], beta_random=[0.1, 0.2])
     with pytest.raises(BetaError, match="duplicate"):
-        train.read_beta_column(path, "beta_random", 0.03, 0.3)
+        read_beta_column(path, "beta_random", 0.03, 0.3)
 
 
-def _project(tmp_path: Path, method_column: str, beta_csv_ids, values) -> tuple[Path, train.RunPaths]:
+def _project(tmp_path: Path, method_column: str, beta_csv_ids, values) -> tuple[Path, train.TrainPaths]:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["train"]["drop_missing_beta"] = False  # the strict mode: a pair without beta is an error
     for m in raw["train"]["methods"]:
@@ -107,7 +112,8 @@ def _project(tmp_path: Path, method_column: str, beta_csv_ids, values) -> tuple[
     pairs = tmp_path / "filtered.parquet"
     pairs_frame().to_parquet(pairs, index=False)
     beta = write_beta_csv(tmp_path / "beta.csv", beta_csv_ids, beta_annotators_mean_ens=values)
-    paths = train.RunPaths(pairs=pairs, beta=beta, adapter=tmp_path / "adapter", report=tmp_path / "r.json")
+    paths = train.TrainPaths(pairs=pairs, beta=beta, adapter=tmp_path / "adapter", report=tmp_path / "r.json",
+                             curve=tmp_path / "curve.csv")
     return params, paths
 
 
@@ -125,9 +131,10 @@ def test_run_stops_before_loading_the_model(tmp_path, monkeypatch, column, ids, 
     def boom(*a, **k):
         raise AssertionError("the model was loaded before the beta checks")
 
-    monkeypatch.setattr(train, "load_student", boom)
+    monkeypatch.setattr(train.stage, "load_student", boom)
+    p = config.load(params)
     with pytest.raises(BetaError, match=match):
-        train.run("smollm2", "sp2dpo", params_path=params, paths=paths, track=False)
+        train.run(p.train, p.beta, "smollm2", "sp2dpo", paths, track=False)
     assert not paths.report.exists()
 
 
@@ -157,7 +164,7 @@ SHORT_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def smollm():
-    from sp2dpo import models
+    from sp2dpo.llm import models
 
     model, tokenizer = models.load_causal_lm(STUDENT)
     tokenizer.chat_template = SHORT_TEMPLATE
@@ -184,7 +191,7 @@ def _args(tmp_path: Path, precompute: bool, **kw):
         lr_scheduler_type="constant",
     )
     base.update(kw)
-    return train.DPOConfig(**base)
+    return DPOConfig(**base)
 
 
 def _lora():
@@ -194,7 +201,7 @@ def _lora():
 
 
 def _dataset(beta, n: int = len(PAIRS)):
-    return train.to_preference_dataset(train.attach_beta(pairs_frame().head(n), beta))
+    return to_preference_dataset(train.attach_beta(pairs_frame().head(n), beta))
 
 
 def _lora_state(model):
@@ -314,23 +321,17 @@ def test_trainer_refuses_dataset_without_or_outside_beta(smollm, tmp_path):
         )
 
 
-def test_dvc_matrix_matches_params():
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
-    cfg = config.load(ROOT / "params.yaml").train
-    assert set(stage["matrix"]["student"]) <= {s.name for s in cfg.students}
-    assert set(stage["matrix"]["method"]) <= {m.name for m in cfg.methods}
-    assert {"dpo", "sp2dpo", "rand_beta"} <= set(stage["matrix"]["method"])
-    assert "models/${item.student}-${item.method}" in stage["outs"]
-
-
-def test_paper_gpu_config_loads_with_the_paper_settings():
-    params = train.load_params(ROOT / "params.yaml", ROOT / "configs/train/paper-gpu.yaml")
+def test_paper_students_profile_composes_the_paper_settings(tmp_path):
+    params = compose_params(tmp_path, ["+profiles=paper-students"])
     cfg = params.train
     assert [s.name for s in cfg.students] == ["qwen3_4b", "gemma3_4b", "mistral7b", "llama31_8b"]
+    assert params.matrix.students == [s.name for s in cfg.students]
     assert (cfg.max_length, cfg.max_prompt_length, cfg.num_train_epochs) == (2048, 1536, 1.0)
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.05)
     assert cfg.optim == "paged_adamw_32bit" and cfg.precision == "bf16" and cfg.gradient_checkpointing
     assert cfg.lr_scheduler_type == "cosine" and cfg.warmup_ratio == 0.1
+    assert cfg.launcher.startswith("accelerate launch --config_file configs/accelerate/ddp-4gpu.yaml")
+    assert (ROOT / "configs/accelerate/ddp-4gpu.yaml").is_file()
     gemma = cfg.student("gemma3_4b")
     assert (gemma.per_device_train_batch_size, gemma.accumulation("sp2dpo"), gemma.accumulation("dpo_b01")) == (4, 4, 2)
     assert {m.beta for m in cfg.methods if m.type == "dpo"} == {0.1, 0.3, 0.5}
@@ -340,7 +341,7 @@ def test_paper_gpu_config_loads_with_the_paper_settings():
 
 
 def test_full_artifact_from_the_aggregate_stage_is_validated(tmp_path):
-    """An artifact in the aggregate stage's layout goes through aggregate.read_beta_artifact."""
+    """An artifact in the aggregate stage's layout goes through core.beta.read_beta_artifact."""
     from sp2dpo.aggregate import aggregate
     from sp2dpo.aggregate.table import write_csv
 
@@ -354,13 +355,13 @@ def test_full_artifact_from_the_aggregate_stage_is_validated(tmp_path):
     )
     path = tmp_path / "beta.csv"
     write_csv(aggregate(calls, config.AggregateConfig(), config.BetaConfig()).frame, path)
-    beta = train.read_beta_column(path, "beta_annotators_mean_ens", 0.03, 0.3)
+    beta = read_beta_column(path, "beta_annotators_mean_ens", 0.03, 0.3)
     assert beta.to_dict() == pytest.approx(wanted)
-    assert train.read_beta_column(path, "beta_q_ens", 0.03, 0.3).to_dict() == pytest.approx(wanted)
+    assert read_beta_column(path, "beta_q_ens", 0.03, 0.3).to_dict() == pytest.approx(wanted)
     with pytest.raises(BetaError, match="invalid beta artifact"):
-        train.read_beta_column(path, "beta_annotators_mean_ens", 0.05, 0.3)
+        read_beta_column(path, "beta_annotators_mean_ens", 0.05, 0.3)
     with pytest.raises(BetaError, match="beta_annotators_mean_ensemble' not found"):
-        train.read_beta_column(path, "beta_annotators_mean_ensemble", 0.03, 0.3)
+        read_beta_column(path, "beta_annotators_mean_ensemble", 0.03, 0.3)
 
 
 def test_normalize_adapter_dir_makes_saved_adapters_byte_stable(tmp_path):
@@ -395,7 +396,7 @@ def test_drop_missing_beta_gives_every_method_the_same_covered_pairs(tmp_path):
     seen = {}
     for name in ("dpo", "sp2dpo"):
         method = next(m for m in cfg.methods if m.name == name)
-        dataset, info = train.build_dataset(cfg, method, paths, (0.03, 0.3))
+        dataset, info = train.build_dataset(cfg, method, paths.pairs, paths.beta, (0.03, 0.3))
         seen[name] = sorted(dataset["prompt_id"]) if "prompt_id" in dataset.column_names else info["n_pairs"]
         assert (info["n_pairs_in"], info["n_pairs"]) == (4, 4)
     assert seen["dpo"] == seen["sp2dpo"]

@@ -1,222 +1,248 @@
-"""The ``sp2dpo`` command: one subcommand per public library function.
+"""The ``sp2dpo`` command: one subcommand per stage and tool, the only argument parser besides
+the DVC stage scripts (``stages/*.py``). Imported by nothing.
 
-Each subcommand parses its arguments, calls one library function and prints the result. Expected
-failures (bad input, bad params, an unreachable Hub) print one ``sp2dpo: error: ...`` message and
-exit with status 2; no traceback.
+Every stage subcommand calls the same ``run`` as its DVC stage. Its inputs and outputs are flags
+whose defaults are the pipeline's paths; side reports (the metrics JSON, plots) go to the
+pipeline's ``reports/`` only when ``--out`` is the pipeline's too, and otherwise beside ``--out``,
+so a run on other data never overwrites the tracked reports. Expected failures (bad input, bad
+params, an unreachable Hub) print one ``sp2dpo: error: ...`` line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from sp2dpo import config
+from sp2dpo import aggregate, annotate, audit, data, evaluate, report
+from sp2dpo.core import artifacts, config
+from sp2dpo.core.entry import guarded, print_json, setup_logging
+from sp2dpo.evaluate import ifeval, winrate
+from sp2dpo.report import plots_html
 
-log = logging.getLogger("sp2dpo")
-
-#: Exit status for expected, explained failures.
-EXIT_USAGE = 2
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Plain ``LEVEL name: message`` logging on stderr (idempotent)."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    root.setLevel(level)
+Subparsers = argparse._SubParsersAction
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from sp2dpo.annotate.client import AuthError
-    from sp2dpo.artifacts import SchemaViolation
-    from sp2dpo.data import DataError, HubUnavailableError
+def _params(path: str | None, sections: list[str]) -> config.Params:
+    """The params file (default: ``params.yaml``; without one, the defaults = the offline run)."""
+    if path is None and not config.DEFAULT_PARAMS.exists():
+        return config.defaults()
+    return config.load(path or config.DEFAULT_PARAMS, sections=sections)
 
-    return (
-        config.ConfigError,
-        AuthError,
-        DataError,
-        HubUnavailableError,
-        SchemaViolation,
-        FileNotFoundError,
-        ValueError,
+
+def _side(out: Path, pipeline_out: Path, pipeline_side: Path, beside: Path) -> Path:
+    """Where a side report goes: the pipeline's path when ``out`` is the pipeline's, else
+    ``beside`` (a path next to ``out``)."""
+    return pipeline_side if Path(out) == Path(pipeline_out) else beside
+
+
+def _add_params(p: argparse.ArgumentParser, sections: str) -> None:
+    p.add_argument(
+        "--params", default=None, metavar="FILE",
+        help=f"params file (sections {sections}; default: params.yaml, else the defaults)",
     )
 
 
-def guarded(fn: Callable[[], Any]) -> int:
-    """Run ``fn``; turn an expected error into one clear line on stderr and exit status 2.
-
-    ``fn`` may return an ``int`` exit status (e.g. a CI gate); anything else means success.
-    """
-    try:
-        status = fn()
-    except _expected_errors() as exc:
-        print(f"sp2dpo: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return status if isinstance(status, int) and not isinstance(status, bool) else 0
-
-
-def run_stage(fn: Callable[[], Any]) -> None:
-    """Entry point helper for ``stages/*.py``: logging, clean errors, exit status."""
-    setup_logging()
-
-    def call() -> None:  # a stage's library function returns data, never an exit status
-        fn()
-
-    sys.exit(guarded(call))
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False))
-
-
-# --------------------------------------------------------------------------------------------
-# subcommands
-# --------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------ fetch, filter
 
 
 def _cmd_fetch(args: argparse.Namespace) -> None:
-    from sp2dpo import data
-
-    cfg = config.load(args.params, sections=["data"]).data
-    _print_json(data.run_fetch(cfg, args.out, args.report))
-
-
-def _cmd_filter(args: argparse.Namespace) -> None:
-    from sp2dpo import data
-
-    cfg = config.load(args.params, sections=["filter"]).filter
-    _print_json(data.run_filter(cfg, args.pairs, args.out, args.report))
+    cfg = _params(args.params, ["data"]).data
+    default = data.FetchPaths.pipeline()
+    out = Path(args.out)
+    report_path = args.report or _side(out, default.out, default.report, out.parent / "fetch.json")
+    print_json(data.run_fetch(cfg, data.FetchPaths(out=out, report=Path(report_path))))
 
 
-def _add_fetch(sub: argparse._SubParsersAction) -> None:
+def _add_fetch(sub: Subparsers) -> None:
     p = sub.add_parser("fetch", help="raw pairs (Hub or local snapshot) -> canonical pairs table")
-    p.add_argument("--params", default="params.yaml", help="params file (section `data`)")
-    p.add_argument("--out", default="data/pairs/fetched.parquet")
-    p.add_argument("--report", default="reports/fetch.json")
+    _add_params(p, "`data`")
+    p.add_argument("--out", default=str(data.FetchPaths.pipeline().out), help="pairs table to write")
+    p.add_argument("--report", default=None, help="report JSON (default: beside --out)")
     p.set_defaults(func=_cmd_fetch)
 
 
-def _add_filter(sub: argparse._SubParsersAction) -> None:
+def _cmd_filter(args: argparse.Namespace) -> None:
+    cfg = _params(args.params, ["filter"]).filter
+    default = data.FilterPaths.pipeline()
+    out = Path(args.out)
+    report_path = args.report or _side(out, default.out, default.report, out.parent / "filter.json")
+    paths = data.FilterPaths(pairs=Path(args.pairs), out=out, report=Path(report_path))
+    print_json(data.run_filter(cfg, paths))
+
+
+def _add_filter(sub: Subparsers) -> None:
     p = sub.add_parser("filter", help="dedup and drop empty pairs, with exact counts per rule")
-    p.add_argument("--params", default="params.yaml", help="params file (section `filter`)")
-    p.add_argument("--pairs", default="data/pairs/fetched.parquet")
-    p.add_argument("--out", default="data/pairs/filtered.parquet")
-    p.add_argument("--report", default="reports/filter.json")
+    _add_params(p, "`filter`")
+    p.add_argument("--pairs", default=str(data.FilterPaths.pipeline().pairs), help="fetched pairs table")
+    p.add_argument("--out", default=str(data.FilterPaths.pipeline().out), help="filtered pairs to write")
+    p.add_argument("--report", default=None, help="report JSON (default: beside --out)")
     p.set_defaults(func=_cmd_filter)
 
 
-def _cmd_aggregate(args: argparse.Namespace) -> None:
-    import dataclasses
-    from pathlib import Path
-
-    from sp2dpo import aggregate
-
-    # Without --params, params.yaml is used when present, else the paper's defaults.
-    if args.params is None and not Path(config.DEFAULT_PARAMS).exists():
-        agg, beta = config.AggregateConfig(), config.BetaConfig()
-    else:
-        params = config.load(args.params or config.DEFAULT_PARAMS, sections=["aggregate", "beta"])
-        agg, beta = params.aggregate, params.beta
-    overrides = {
-        k: v
-        for k, v in (("min", args.beta_min), ("max", args.beta_max), ("seed", args.seed))
-        if v is not None
-    }
-    beta = dataclasses.replace(beta, **overrides)
-    report_dir = None if args.no_reports else args.report_dir
-    result = aggregate.run(
-        args.calls, args.out, agg, beta, report_dir=report_dir, strict=args.strict
-    )
-    _print_json({"out": str(args.out), **{k: result[k] for k in ("panel", "calls", "pairs")}})
-
-
-def _add_aggregate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "aggregate",
-        help="teacher call table -> per-pair beta artifact CSV (SA, SE, MA, JMAMP, ...) + reports",
-    )
-    p.add_argument("--calls", required=True, help="call table (.parquet or .csv)")
-    p.add_argument("--out", required=True, help="beta artifact CSV to write")
-    p.add_argument("--beta-min", type=float, default=None, help="override beta.min (paper: 0.03)")
-    p.add_argument("--beta-max", type=float, default=None, help="override beta.max (paper: 0.3)")
-    p.add_argument("--seed", type=int, default=None, help="override beta.seed of beta_random (42)")
-    p.add_argument(
-        "--params",
-        default=None,
-        help="params file (sections `aggregate`, `beta`); default: params.yaml if present, "
-        "else the paper's defaults",
-    )
-    p.add_argument(
-        "--report-dir",
-        default="reports",
-        help="write DIR/aggregate.json and DIR/aggregate/*.png|csv (default: reports)",
-    )
-    p.add_argument("--no-reports", action="store_true", help="write the artifact only")
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="stop on the first bad or missing call instead of excluding its pair",
-    )
-    p.set_defaults(func=_cmd_aggregate)
+# ------------------------------------------------------------------------------ annotate
 
 
 def _cmd_annotate(args: argparse.Namespace) -> None:
-    from sp2dpo.annotate.run import run_annotate
-
-    _print_json(
-        run_annotate(
-            args.params,
-            args.pairs,
-            args.out,
-            log_path=args.log,
-            report_path=None if args.estimate else args.report,
-            estimate_only=args.estimate,
-        )
-    )
+    params = _params(args.params, ["teachers", "prompts", "decoding", "annotate"])
+    default = annotate.AnnotatePaths.pipeline()
+    out = Path(args.out)
+    log_path = Path(args.log) if args.log else _side(out, default.out, default.call_log, out.with_suffix(".jsonl"))
+    report_path = None
+    if not args.estimate:
+        report_path = Path(args.report or _side(out, default.out, default.report, out.parent / "annotate.json"))
+    paths = annotate.AnnotatePaths(pairs=Path(args.pairs), out=out, log=log_path, report=report_path)
+    print_json(annotate.run(params.teachers, params.prompts, params.decoding, params.annotate, paths,
+                            estimate_only=args.estimate))
 
 
-def _add_annotate(sub: argparse._SubParsersAction) -> None:
+def _add_annotate(sub: Subparsers) -> None:
     p = sub.add_parser(
         "annotate",
         help="teachers x prompt variants label each pair's semantic gap -> call table + call log",
     )
+    _add_params(p, "`teachers`, `prompts`, `decoding`, `annotate`")
     p.add_argument(
-        "--pairs",
-        default="data/pairs/filtered.parquet",
+        "--pairs", default=str(annotate.AnnotatePaths.pipeline().pairs),
         help="pairs table (.parquet, .jsonl, .csv) with prompt_id, prompt, chosen, rejected",
     )
-    p.add_argument("--out", default="data/annotate/calls.parquet", help="call table to write")
-    p.add_argument(
-        "--params",
-        default="params.yaml",
-        help="params file (sections `teachers`, `prompts`, `decoding`, `annotate`)",
-    )
-    p.add_argument(
-        "--log",
-        default=None,
-        help="append-only call log, also the cache (default: CALLS with suffix .jsonl)",
-    )
-    p.add_argument("--report", default="reports/annotate.json", help="metrics JSON to write")
-    p.add_argument(
-        "--estimate",
-        action="store_true",
-        help="dry run: print calls, tokens and cost per teacher; call nothing",
-    )
+    p.add_argument("--out", default=str(annotate.AnnotatePaths.pipeline().out), help="call table to write (.parquet or .csv)")
+    p.add_argument("--log", default=None, help="append-only call log, also the cache (default: CALLS with suffix .jsonl)")
+    p.add_argument("--report", default=None, help="report JSON (default: beside --out)")
+    p.add_argument("--estimate", action="store_true",
+                   help="dry run: print calls, tokens and cost per teacher; call nothing")
     p.set_defaults(func=_cmd_annotate)
 
 
+# ------------------------------------------------------------------------------ aggregate
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> None:
+    params = _params(args.params, ["aggregate", "beta"])
+    overrides = {
+        k: v for k, v in (("min", args.beta_min), ("max", args.beta_max), ("seed", args.seed)) if v is not None
+    }
+    try:
+        beta = dataclasses.replace(params.beta, **overrides)
+    except config.ConfigError as exc:
+        flags = ", ".join(f"--beta-{k}" if k != "seed" else "--seed" for k in overrides)
+        raise config.ConfigError(f"{flags}: {exc}") from None
+    default = aggregate.AggregatePaths.pipeline()
+    out = Path(args.out)
+    report_dir = None
+    if not args.no_reports:
+        report_dir = Path(args.report_dir) if args.report_dir else _side(out, default.out, default.report_dir, out.parent)
+    paths = aggregate.AggregatePaths(calls=Path(args.calls), out=out, report_dir=report_dir)
+    result = aggregate.run(params.aggregate, beta, paths, strict=args.strict)
+    print_json({"out": str(out), **{k: result[k] for k in ("panel", "calls", "pairs")}})
+
+
+def _add_aggregate(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "aggregate",
+        help="teacher call table -> per-pair beta artifact CSV (SA, SE, MA, JMAMP, ...) + reports",
+    )
+    _add_params(p, "`aggregate`, `beta`")
+    p.add_argument("--calls", default=str(aggregate.AggregatePaths.pipeline().calls), help="call table (.parquet or .csv)")
+    p.add_argument("--out", default=str(aggregate.AggregatePaths.pipeline().out), help="beta artifact CSV to write")
+    p.add_argument("--beta-min", type=float, default=None, help="override beta.min (paper: 0.03)")
+    p.add_argument("--beta-max", type=float, default=None, help="override beta.max (paper: 0.3)")
+    p.add_argument("--seed", type=int, default=None, help="override beta.seed of beta_random (42)")
+    p.add_argument("--report-dir", default=None,
+                   help="write DIR/aggregate.json and DIR/aggregate/*.png|csv (default: beside --out)")
+    p.add_argument("--no-reports", action="store_true", help="write the artifact only")
+    p.add_argument("--strict", action="store_true",
+                   help="stop on the first bad or missing call instead of excluding its pair")
+    p.set_defaults(func=_cmd_aggregate)
+
+
+# ------------------------------------------------------------------------------ train, eval, report
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from sp2dpo import train  # torch + TRL take seconds to import: only for this command
+
+    params = _params(args.params, ["train", "beta"])
+    default = train.TrainPaths.pipeline(args.student, args.method)
+    out = Path(args.out) if args.out else default.adapter
+    paths = train.TrainPaths(
+        pairs=Path(args.pairs) if args.pairs else default.pairs,
+        beta=Path(args.beta) if args.beta else default.beta,
+        adapter=out,
+        report=Path(args.report or _side(out, default.adapter, default.report, out.with_name(f"{out.name}.json"))),
+        curve=Path(args.curve or _side(out, default.adapter, default.curve, out.with_name(f"{out.name}_loss.csv"))),
+    )
+    metrics = train.run(params.train, params.beta, args.student, args.method, paths,
+                        track=not args.no_track, logged_params=params.flat())
+    print_json(metrics)
+
+
+def _add_train(sub: Subparsers) -> None:
+    p = sub.add_parser("train", help="train one (student, method) of params `train` (DPO / SP2DPO)")
+    p.add_argument("student", help="a train.students[].name")
+    p.add_argument("method", help="a train.methods[].name")
+    _add_params(p, "`train`, `beta`")
+    p.add_argument("--pairs", default=None, help="filtered pairs (default: data/pairs/filtered.parquet)")
+    p.add_argument("--beta", default=None,
+                   help="beta schedule: an artifact CSV, or prompt_id plus beta columns (default: data/beta/beta.csv)")
+    p.add_argument("--out", default=None, help="adapter folder to write (default: models/STUDENT/METHOD)")
+    p.add_argument("--report", default=None,
+                   help="metrics JSON (default: reports/train/STUDENT-METHOD.json, or OUT.json beside --out)")
+    p.add_argument("--curve", default=None, help="loss-curve CSV (default: beside the report)")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    params = _params(args.params, ["eval", "train", "teachers", "matrix"])
+    default = evaluate.EvalPaths.pipeline(args.student)
+    out = Path(args.out) if args.out else default.outputs
+    paths = evaluate.EvalPaths(
+        adapters=Path(args.adapters) if args.adapters else default.adapters,
+        outputs=out,
+        report=Path(args.report or _side(out, default.outputs, default.report, out / f"{args.student}.json")),
+    )
+    result = evaluate.run(params.eval, params.train, params.teachers, args.student, params.matrix.methods,
+                          paths, track=not args.no_track, logged_params=params.flat())
+    print_json({m: e.get("alpaca_eval") | {"ifeval": e.get("ifeval")} for m, e in result["methods"].items()})
+
+
+def _add_eval(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="AlpacaEval 2.0 (judge, WR, LC) and IFEval for a student's base model and adapters",
+        description="The eval stage for one student: answers, judge annotations, win rates, IFEval.",
+    )
+    p.add_argument("student", help="a name in train.students")
+    _add_params(p, "`eval`, `train`, `teachers`, `matrix`")
+    p.add_argument("--adapters", default=None, help="folder of the student's adapters, one per method (default: models/STUDENT)")
+    p.add_argument("--out", default=None, help="answers and annotations folder (default: data/eval/STUDENT)")
+    p.add_argument("--report", default=None,
+                   help="metrics JSON (default: reports/eval/STUDENT.json, or inside --out)")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    combined = report.run(report.ReportPaths(reports=Path(args.reports)))
+    print_json({"students": sorted(combined), "index": str(Path(args.reports) / "index.md")})
+
+
+def _add_report(sub: Subparsers) -> None:
+    p = sub.add_parser("report", help="the results table (Table 2) and reports/index.md")
+    p.add_argument("--reports", default=str(report.ReportPaths.pipeline().reports), help="reports folder")
+    p.set_defaults(func=_cmd_report)
+
+
+# ------------------------------------------------------------------------------ audit
+
+
 def _cmd_audit_diff(args: argparse.Namespace) -> int:
-    from sp2dpo import audit
-
-    pairs = None
-    if args.pairs:
-        from sp2dpo import artifacts
-
-        pairs = artifacts.read_table(args.pairs, columns=["prompt_id", "prompt"])
+    pairs = artifacts.read_table(args.pairs, columns=["prompt_id", "prompt"]) if args.pairs else None
     result = audit.diff(
         audit.load_side(args.old),
         audit.load_side(args.new),
@@ -231,9 +257,7 @@ def _cmd_audit_diff(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_change and result["n_changed"] > 0 else 0
 
 
-def _add_audit(sub: argparse._SubParsersAction) -> None:
-    from sp2dpo import audit
-
+def _add_audit(sub: Subparsers) -> None:
     p = sub.add_parser("audit", help="audit beta artifacts")
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
     d = audit_sub.add_parser(
@@ -261,74 +285,138 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_cmd_audit_diff)
 
 
-#: Parser builders, one per subcommand; a new subcommand adds its builder here.
-def _cmd_train(args: argparse.Namespace) -> None:
-    from sp2dpo import train
+# ------------------------------------------------------------------------------ metrics tools
 
-    _print_json(
-        train.run(
-            args.student,
-            args.method,
-            params_path=args.params,
-            train_config=args.train_config,
-            track=not args.no_track,
-        )
+
+def _cmd_winrate(args: argparse.Namespace) -> None:
+    metrics = winrate.evaluate_file(
+        args.annotations,
+        reference=args.reference,
+        instruction_difficulty=args.instruction_difficulty,
+        df_gamed=args.df_gamed,
     )
+    if args.json:
+        print_json(winrate.json_ready(metrics))
+    else:
+        print(winrate.render_text(metrics), end="")
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one (student, method) of params `train` (DPO / SP2DPO)")
-    p.add_argument("student", help="a train.students[].name")
-    p.add_argument("method", help="a train.methods[].name")
-    p.add_argument("--params", default="params.yaml", help="params file (sections `train`, `beta`)")
-    p.add_argument(
-        "--train-config", default=None, help="YAML whose `train` section replaces the params one"
-    )
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=_cmd_train)
-
-
-def _cmd_eval(args: argparse.Namespace) -> None:
-    from sp2dpo.evaluate import run
-
-    report = run.run(args.student, params_path=args.params, track=not args.no_track)
-    _print_json({m: e.get("alpaca_eval") | {"ifeval": e.get("ifeval")} for m, e in report["methods"].items()})
-
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
+def _add_winrate(sub: Subparsers) -> None:
     p = sub.add_parser(
-        "eval",
-        help="AlpacaEval 2.0 (judge, WR, LC) and IFEval for a student's base model and adapters",
-        description="The eval stage for one student: answers, judge annotations, win rates, IFEval.",
+        "winrate",
+        help="AlpacaEval 2.0 metrics of an annotations file: win rate, SE, LC win rate, ...",
+        description="AlpacaEval 2.0 leaderboard metrics (percent) of one annotations file. "
+        "Without --instruction-difficulty/--df-gamed the length-controlled win rate is an "
+        "offline estimate (length-only GLM), labelled as such.",
     )
-    p.add_argument("student", help="a name in params.yaml train.students")
-    p.add_argument("--params", default=str(config.DEFAULT_PARAMS))
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    p.set_defaults(func=_cmd_eval)
+    p.add_argument(
+        "--annotations", required=True,
+        help="AlpacaEval annotations (.json or .json.gz): instruction, output_1, generator_1, "
+        "output_2, generator_2, preference in [1, 2]",
+    )
+    p.add_argument(
+        "--reference", default=None,
+        help="reference model outputs (.json[.gz]); checks instructions and output_1 and gives "
+        "each instruction's AlpacaEval index (needed for the official LC)",
+    )
+    p.add_argument("--instruction-difficulty", default=None, metavar="CSV",
+                   help="AlpacaEval instruction_difficulty.csv (official LC; with --df-gamed)")
+    p.add_argument("--df-gamed", default=None, metavar="CSV",
+                   help="AlpacaEval df_gamed.csv (official LC; with --instruction-difficulty)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_winrate)
 
 
-def _add_winrate(sub: argparse._SubParsersAction) -> None:
-    from sp2dpo.evaluate import winrate
+def _cmd_ifeval(args: argparse.Namespace) -> None:
+    prompts = ifeval.load_prompts(args.input, limit=args.limit, seed=args.seed)
+    result = ifeval.score(prompts, ifeval.load_responses(args.responses, prompts))
+    if args.out:
+        ifeval.write_results(result, args.out)
+    out: dict[str, Any] = ifeval.summary(result)
+    if args.breakdown:
+        out.update(ifeval.breakdown(result))
+    if args.json:
+        print_json(out)
+    else:
+        print(ifeval.format_text(result))
 
-    winrate.add_parser(sub)
+
+def _add_ifeval(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "ifeval",
+        help="score responses on IFEval offline (strict/loose, prompt/instruction level)",
+        description="Score responses against the official IFEval prompts with if-verifiable's "
+        'rule-based checkers, offline. FILE is JSONL of {"key" or "prompt", "response"}.',
+    )
+    p.add_argument("--responses", required=True, metavar="FILE", help="responses JSONL(.gz)")
+    p.add_argument("--input", default=str(ifeval.DEFAULT_INPUT), metavar="FILE",
+                   help=f"IFEval prompts JSONL(.gz) (default: {ifeval.DEFAULT_INPUT})")
+    p.add_argument("--limit", type=int, default=None, help="score a seeded subset of this many prompts")
+    p.add_argument("--seed", type=int, default=42, help="seed of the --limit subset")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the per-prompt records as JSONL")
+    p.add_argument("--breakdown", action="store_true", help="add counts per instruction id and category")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_ifeval)
 
 
-def _add_ifeval(sub: argparse._SubParsersAction) -> None:
-    from sp2dpo.evaluate import ifeval
-
-    ifeval.add_parser(sub)
+# ------------------------------------------------------------------------------ params, plots
 
 
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
+def _cmd_params_docs(args: argparse.Namespace) -> None:
+    text = config.reference_markdown()
+    if args.out:
+        artifacts.write_text(text, args.out)
+    else:
+        print(text, end="")
+
+
+def _cmd_params_check(args: argparse.Namespace) -> None:
+    params = config.load(args.params)
+    print_json({"params": str(args.params), "sections": sorted(params.raw), "ok": True})
+
+
+def _add_params_cmd(sub: Subparsers) -> None:
+    p = sub.add_parser("params", help="the params reference, and checking a params file")
+    params_sub = p.add_subparsers(dest="params_command", required=True)
+    d = params_sub.add_parser("docs", help="every params key with its default and meaning (docs/params.md)")
+    d.add_argument("-o", "--out", default=None, help="write to this file (default: stdout)")
+    d.set_defaults(func=_cmd_params_docs)
+    c = params_sub.add_parser("check", help="validate a params file against the typed config")
+    c.add_argument("--params", default=str(config.DEFAULT_PARAMS), metavar="FILE")
+    c.set_defaults(func=_cmd_params_check)
+
+
+def _cmd_plots_template(args: argparse.Namespace) -> None:
+    package_json = args.package_json if args.package_json.is_file() else None
+    print(plots_html.write_template(args.out, args.node_modules, package_json))
+
+
+def _add_plots_template(sub: Subparsers) -> None:
+    p = sub.add_parser("plots-template",
+                       help="the offline HTML template for `dvc plots show --html-template`")
+    p.add_argument("-o", "--out", type=Path, default=plots_html.DEFAULT_OUT,
+                   help=f"template path (default: {plots_html.DEFAULT_OUT})")
+    p.add_argument("--node-modules", type=Path, default=Path("node_modules"),
+                   help="npm packages folder (default: node_modules)")
+    p.add_argument("--package-json", type=Path, default=Path("package.json"),
+                   help="file pinning the versions (default: package.json)")
+    p.set_defaults(func=_cmd_plots_template)
+
+
+#: Parser builders, one per subcommand; a new subcommand adds its builder here.
+PARSERS: list[Callable[[Subparsers], None]] = [
     _add_fetch,
     _add_filter,
     _add_annotate,
     _add_aggregate,
-    _add_audit,
     _add_train,
     _add_eval,
+    _add_report,
+    _add_audit,
     _add_winrate,
     _add_ifeval,
+    _add_params_cmd,
+    _add_plots_template,
 ]
 
 
@@ -349,5 +437,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return guarded(lambda: args.func(args))
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover  (`accelerate launch -m sp2dpo.cli train ...`)
     sys.exit(main())

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from sp2dpo.core import artifacts
+
 #: MLflow experiment of the training runs.
 EXPERIMENT = "sp2dpo-train"
 #: Replacement for a scrubbed value.
@@ -186,6 +188,12 @@ def start_run(
 
 #: MLflow experiment of evaluation runs that have no training run (the base student).
 EVAL_EXPERIMENT = "sp2dpo-eval"
+
+
+def adapter_sha256(path: str | Path) -> str:
+    """sha256 of an adapter folder's weights file: the key that links eval results to the
+    training run that produced the adapter."""
+    return artifacts.sha256_file(Path(path) / "adapter_model.safetensors")
 
 
 def find_training_run(

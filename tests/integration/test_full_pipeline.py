@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sp2dpo import artifacts
+from sp2dpo.core import artifacts
 from tests.conftest import copy_project, run
 
 BIN = Path(sys.executable).parent
@@ -21,6 +21,25 @@ METHODS = ("base", "dpo", "sp2dpo", "rand_beta")
 
 def _stages_run(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def _changed_by_code(repo: Path, path: str, old: str, new: str) -> dict[str, set[str]]:
+    """Edit a source file, ask `dvc status` which stages changed (and which deps), restore it."""
+    source = repo / path
+    original = source.read_bytes()
+    text = original.decode()
+    assert old in text, f"{path} no longer contains {old!r}"
+    source.write_text(text.replace(old, new, 1))
+    try:
+        status = json.loads(run([DVC, "status", "--json"], cwd=repo).stdout)
+    finally:
+        source.write_bytes(original)
+    changed = {}
+    for stage, entries in status.items():
+        deps = {d for e in entries if isinstance(e, dict) for d in e.get("changed deps", {})}
+        if deps:
+            changed[stage] = deps
+    return changed
 
 
 @pytest.mark.slow
@@ -91,7 +110,7 @@ def test_offline_dag_end_to_end_then_exp_run_on_an_aggregation_param(tmp_path):
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     train_exp = client.get_experiment_by_name("sp2dpo-train")
     for method in ("dpo", "sp2dpo", "rand_beta"):
-        sha = artifacts.sha256_file(repo / f"models/smollm2-{method}/adapter_model.safetensors")
+        sha = artifacts.sha256_file(repo / f"models/smollm2/{method}/adapter_model.safetensors")
         runs = client.search_runs([train_exp.experiment_id],
                                   f"tags.adapter_sha256 = '{sha}' and params.method = '{method}'")
         assert len(runs) == 1
@@ -104,6 +123,23 @@ def test_offline_dag_end_to_end_then_exp_run_on_an_aggregation_param(tmp_path):
     assert _stages_run(run([DVC, "repro"], cwd=repo).stdout) == set()
     run([*git, "add", "-A"], cwd=repo)
     run([*git, "commit", "-qm", "baseline run"], cwd=repo)
+    assert json.loads(run([DVC, "status", "--json"], cwd=repo).stdout) == {}
+
+    # Code changes mark exactly the stages that run the code: a core default reaches every stage
+    # (all read their params through it), the HTTP client only the two stages that call LLMs,
+    # the judge only eval, and nothing stays silently up to date.
+    every = {"fetch", "filter", "annotate", "aggregate", "train@smollm2-dpo", "train@smollm2-sp2dpo",
+             "train@smollm2-rand_beta", "eval@smollm2", "report"}
+    core = _changed_by_code(repo, "src/sp2dpo/core/config/aggregate.py",
+                            "huber_delta: float = field(\n        0.05,", "huber_delta: float = field(\n        0.06,")
+    assert set(core) == every and all("src/sp2dpo/core" in deps for deps in core.values())
+    client = _changed_by_code(repo, "src/sp2dpo/llm/client.py", "MAX_RAW_CHARS = 8000", "MAX_RAW_CHARS = 9000")
+    assert set(client) == {"annotate", "eval@smollm2"}
+    judge = _changed_by_code(repo, "src/sp2dpo/evaluate/judge.py", "DRAW = 1.5", "DRAW = 1.25")
+    assert judge == {"eval@smollm2": {"src/sp2dpo/evaluate"}}
+    losses = _changed_by_code(repo, "src/sp2dpo/train/losses.py", "import torch\n", "import torch  # x\n")
+    assert set(losses) == {"train@smollm2-dpo", "train@smollm2-sp2dpo", "train@smollm2-rand_beta"}
+    assert json.loads(run([DVC, "status", "--json"], cwd=repo).stdout) == {}
     beta_before = (repo / "data/beta/beta.csv").read_bytes()
 
     # An aggregation parameter: aggregate and everything after it re-run; annotate does not.

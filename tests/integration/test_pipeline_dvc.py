@@ -30,6 +30,19 @@ def test_fetch_filter_repro_is_reproducible_and_exp_run_works(tmp_path):
     status = run([DVC, "status", "filter"], cwd=repo).stdout
     assert "Data and pipelines are up to date." in status
 
+    # A changed default in core (a dep of every stage) is seen by `dvc status`, never "up to date".
+    config_file = repo / "src/sp2dpo/core/config/data.py"
+    original = config_file.read_text()
+    config_file.write_text(original.replace('seed: int = field(42, "Seed of the `limit` subsample.")',
+                                            'seed: int = field(7, "Seed of the `limit` subsample.")'))
+    assert config_file.read_text() != original
+    changed = json.loads(run([DVC, "status", "--json", "fetch", "filter"], cwd=repo).stdout)
+    for stage in ("fetch", "filter"):
+        deps = {d for e in changed[stage] if isinstance(e, dict) for d in e.get("changed deps", {})}
+        assert deps == {"src/sp2dpo/core"}, (stage, changed)
+    config_file.write_text(original)
+    assert "Data and pipelines are up to date." in run([DVC, "status", "filter"], cwd=repo).stdout
+
     # Forcing a re-run reproduces the same bytes (deterministic outputs).
     run([DVC, "repro", "-f", "filter"], cwd=repo)
     assert (repo / "data/pairs/filtered.parquet").read_bytes() == parquet

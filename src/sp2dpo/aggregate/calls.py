@@ -8,7 +8,7 @@ the first of :data:`REASONS` that applies to it:
 ``duplicate_call``
     two or more rows share (prompt_id, annotator, variant);
 ``unknown_status``
-    ``status`` empty or not one of :data:`sp2dpo.schemas.CALL_STATUSES`;
+    ``status`` empty or not one of :data:`sp2dpo.core.schemas.CALL_STATUSES`;
 ``missing_value``
     an ``ok`` call with an empty category, magnitude or confidence;
 ``unknown_category``
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sp2dpo.schemas import ANNOTATOR_PATTERN, CALL_STATUSES, CATEGORIES, VARIANT_PATTERN
+from sp2dpo.core.schemas import ANNOTATOR_PATTERN, CALL_STATUSES, CATEGORIES, VARIANT_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Panel:
         prompt_ids: sorted prompt ids of the kept pairs, shape (N,).
         annotators: annotator ids, sorted (they name artifact columns).
         variants: variant names, in numeric order (``v1, v2, ..., v10``).
-        category: category codes, indexes into :data:`sp2dpo.schemas.CATEGORIES` (priority order).
+        category: category codes, indexes into :data:`sp2dpo.core.schemas.CATEGORIES` (priority order).
         magnitude: shape (N, J, K).
         confidence: shape (N, J, K).
     """

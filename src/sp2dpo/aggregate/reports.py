@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sp2dpo import artifacts
-from sp2dpo.schemas import CATEGORIES
+from sp2dpo.core import artifacts
+from sp2dpo.core.schemas import CATEGORIES
 
 #: Histogram bins of the beta distribution (over the envelope) and of the disagreement measures.
 BETA_BINS = 27

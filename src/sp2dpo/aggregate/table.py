@@ -44,8 +44,8 @@ import pandas as pd
 
 from sp2dpo.aggregate import estimators as est
 from sp2dpo.aggregate.calls import Panel
-from sp2dpo.config import AggregateConfig, BetaConfig
-from sp2dpo.schemas import CATEGORIES, beta_artifact_columns
+from sp2dpo.core.config import AggregateConfig, BetaConfig
+from sp2dpo.core.schemas import CATEGORIES, beta_artifact_columns
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from sp2dpo.artifacts import atomic_path
+    from sp2dpo.core.artifacts import atomic_path
 
     text = pa.large_string()
     parts = []

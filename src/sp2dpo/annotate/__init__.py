@@ -1,36 +1,17 @@
-"""Teacher annotation of preference pairs with semantic-gap fields (the ``annotate`` stage).
+"""The ``annotate`` stage: teachers x prompt variants label each pair's semantic gap.
 
-Modules, by concept:
+- :mod:`.prompts`: versioned prompt templates rendered into chat messages;
+- :mod:`.cache`: the append-only call log that doubles as the cache;
+- :mod:`.plan`: which pairs and calls, what is cached, the cost estimate;
+- :mod:`.execute`: the calls, one thread pool per teacher;
+- :mod:`.report`: the call table and the report;
+- :mod:`.stage`: :func:`run`, the stage (the DVC stage and ``sp2dpo annotate``).
 
-- :mod:`~sp2dpo.annotate.prompts`: versioned prompt templates rendered into chat messages;
-- :mod:`~sp2dpo.annotate.client`: OpenAI-compatible HTTP backend (presets, one attempt);
-- :mod:`~sp2dpo.annotate.local`: the in-process ``transformers`` scorer;
-- :mod:`~sp2dpo.annotate.teachers`: a teacher = backend + retry/parse loop (shared statuses);
-- :mod:`~sp2dpo.annotate.parse`: reply parsing and normalisation;
-- :mod:`~sp2dpo.annotate.cache`: the append-only call log that doubles as the cache;
-- :mod:`~sp2dpo.annotate.run`: orchestration, call table, report, estimate.
-
-Importing this package is light (no torch, pandas or requests); the names below load their
-module on first use.
+The teachers themselves (HTTP client, in-process scorer, retries, parsing) live in
+:mod:`sp2dpo.llm`, shared with the judge.
 """
 
-from __future__ import annotations
+from sp2dpo.annotate.cache import CallLog, call_key
+from sp2dpo.annotate.stage import AnnotatePaths, run
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "run_annotate": "sp2dpo.annotate.run",
-    "load_params": "sp2dpo.annotate.run",
-    "AuthError": "sp2dpo.annotate.client",
-    "parse_judgement": "sp2dpo.annotate.parse",
-    "CallLog": "sp2dpo.annotate.cache",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["AnnotatePaths", "CallLog", "call_key", "run"]

@@ -15,7 +15,7 @@ import json
 import string
 from pathlib import Path
 
-from sp2dpo.config import ConfigError, PromptsConfig
+from sp2dpo.core.config import ConfigError, PromptsConfig
 
 #: Placeholders the user template must contain.
 USER_PLACEHOLDERS = ("prompt", "winner", "loser", "boundary")

@@ -1,7 +1,14 @@
 """The ``eval`` stage: AlpacaEval 2.0 (pairwise judge, win rate, length-controlled win rate) and
 IFEval (rule-based) for the base student and every trained adapter.
 
-Modules: ``alpaca`` (AlpacaEval file formats and checks), ``winrate`` (the leaderboard metrics and
-the length-controlled GLM), ``generate`` (batched student answers), ``judge`` (the pairwise
-annotator), ``ifeval`` (offline IFEval scoring), ``run`` (the stage).
+- :mod:`.alpaca`: AlpacaEval file formats and their checks;
+- :mod:`.winrate` and :mod:`.lc`: the leaderboard metrics and the length-controlled GLM;
+- :mod:`.generate`: batched student answers;
+- :mod:`.judge` and :mod:`.judge_backends`: the pairwise judge;
+- :mod:`.ifeval`, :mod:`.ifeval_inputs`, :mod:`.ifeval_checkers`, :mod:`.punkt`: offline IFEval;
+- :mod:`.stage`: :func:`run`, one student (the DVC stage and ``sp2dpo eval``).
 """
+
+from sp2dpo.evaluate.stage import EvalPaths, evaluated_methods, run
+
+__all__ = ["EvalPaths", "evaluated_methods", "run"]

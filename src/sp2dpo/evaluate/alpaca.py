@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sp2dpo.artifacts import atomic_path
+from sp2dpo.core.artifacts import atomic_path
 
 #: Key order of an AlpacaEval model-outputs item (extra keys follow, sorted).
 MODEL_OUTPUT_KEYS = ("dataset", "instruction", "output", "generator")

@@ -1,8 +1,8 @@
 """Student answers to evaluation instructions, in AlpacaEval's model-outputs format.
 
 :func:`load_student` loads the student (a ``train.students[]`` entry or a model spec)'s base model (a model spec at a pinned revision, through
-:func:`sp2dpo.models.load_causal_lm`) and optionally a trained PEFT LoRA adapter folder
-(``models/<student>-<method>/``), merged into the weights for inference. The tokenizer is the
+:func:`sp2dpo.llm.models.load_causal_lm`) and optionally a trained PEFT LoRA adapter folder
+(``models/<student>/<method>/``), merged into the weights for inference. The tokenizer is the
 adapter folder's when it holds one (the tokenizer and chat template used in training), else the
 base model's; ``train.students[].chat_template`` (a Jinja string or a ``.jinja`` path) overrides
 the template. Device: CUDA in bfloat16 when available, else CPU in float32 (the default
@@ -35,8 +35,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sp2dpo import models
-from sp2dpo.config import GenerationConfig, StudentConfig
+from sp2dpo.core.config import GenerationConfig, StudentConfig
+from sp2dpo.llm import models
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def load_student(
     Args:
         student: a ``train.students[]`` entry (its model, revision and chat template), or a model
             spec (``local:smollm2-135m-instruct``, an HF id or a folder).
-        adapter: a PEFT adapter folder (``models/<student>-<method>``); None: the base model.
+        adapter: a PEFT adapter folder (``models/<student>/<method>``); None: the base model.
         revision: pinned revision of an HF id (default: the entry's).
         chat_template: a Jinja string or ``.jinja`` path overriding the tokenizer's template
             (default: the entry's).

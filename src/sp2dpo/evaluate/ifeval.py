@@ -32,29 +32,53 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import collections
-import contextlib
 import dataclasses
-import functools
-import gzip
 import json
 import logging
-import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sp2dpo.evaluate import punkt
+from sp2dpo.core.artifacts import write_text
+from sp2dpo.evaluate.ifeval_checkers import (
+    build_checker,
+    deterministic,
+    follows,
+    loose_transformations,
+    offline_punkt,
+    seed_for,
+)
+from sp2dpo.evaluate.ifeval_inputs import (
+    DEFAULT_INPUT,
+    IFEvalError,
+    IFEvalInputError,
+    IFEvalPrompt,
+    MissingResponseError,
+    load_prompts,
+    load_responses,
+)
 from sp2dpo.evaluate.punkt import PunktUnavailableError
-from sp2dpo.sampling import seeded_subset
 
 log = logging.getLogger(__name__)
 
-#: Default location of the official prompts (tracked by ``evalsets.dvc``).
-DEFAULT_INPUT = Path("data/evalsets/ifeval/input_data.jsonl.gz")
-#: Seed handed to ``langdetect`` while scoring (its documented way to be deterministic).
-LANGDETECT_SEED = 0
+__all__ = [
+    "DEFAULT_INPUT",
+    "IFEvalError",
+    "IFEvalInputError",
+    "IFEvalPrompt",
+    "IFEvalResult",
+    "MissingResponseError",
+    "breakdown",
+    "format_text",
+    "load_prompts",
+    "load_responses",
+    "offline_punkt",
+    "score",
+    "summary",
+    "write_results",
+]
+
 #: Keys of :func:`summary`, in order.
 SUMMARY_KEYS = (
     "prompt_level_strict_acc",
@@ -65,44 +89,6 @@ SUMMARY_KEYS = (
     "n_instructions",
 )
 _ACC_KEYS = SUMMARY_KEYS[:4]
-_FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
-
-# Scoring patches module globals (nltk, if_verifiable, langdetect, random); one scorer at a time.
-_LOCK = punkt.LOCK
-
-
-class IFEvalError(ValueError):
-    """Expected IFEval failure (bad input file, missing response, missing Punkt data)."""
-
-
-class IFEvalInputError(IFEvalError):
-    """A prompts or responses file that cannot be used; the message names file, line and field."""
-
-
-class MissingResponseError(IFEvalError):
-    """A prompt to score has no response; the message names the key(s)."""
-
-
-# --------------------------------------------------------------------------------------------
-# data classes
-# --------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class IFEvalPrompt:
-    """One official IFEval prompt.
-
-    Attributes:
-        key: The official integer key (e.g. ``1000``).
-        prompt: The prompt text given to the model.
-        instruction_id_list: Verifiable instruction ids, e.g. ``"punctuation:no_comma"``.
-        kwargs: One dict of checker arguments per instruction id (treat as read-only).
-    """
-
-    key: int
-    prompt: str
-    instruction_id_list: tuple[str, ...]
-    kwargs: tuple[dict[str, Any], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,282 +210,16 @@ class IFEvalResult:
         return {k: 100.0 * getattr(self, k) for k in _ACC_KEYS}
 
 
-# --------------------------------------------------------------------------------------------
-# offline Punkt, determinism
-# --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def offline_punkt() -> Iterator[Any]:
-    """:func:`sp2dpo.evaluate.punkt.offline_english_punkt`, plus if-verifiable's own sentence
-    splitter (``instructions_util._get_sentence_tokenizer``, used by
-    ``length_constraints:number_sentences``) routed to the same tokenizer; restored on exit.
-
-    Yields:
-        The offline ``PunktSentenceTokenizer``.
-
-    Raises:
-        PunktUnavailableError: the Punkt parameters are missing (raised on entry).
-    """
-    with punkt.offline_english_punkt() as tokenizer, contextlib.ExitStack() as stack:
-        util = _instructions_util()
-        stack.enter_context(punkt.patched(util, "_get_sentence_tokenizer", lambda: tokenizer))
-        yield tokenizer
-
-
-@contextlib.contextmanager
-def _deterministic() -> Iterator[None]:
-    """Seed langdetect; keep the global ``random`` state as it was (see :func:`_seed_for`)."""
-    from langdetect import detector_factory
-
-    with _LOCK:
-        detector_factory.init_factory()  # loads the bundled language profiles, no network
-        factory = detector_factory._factory
-        had_seed = "seed" in vars(factory)
-        saved_seed = vars(factory).get("seed")
-        state = random.getstate()
-        factory.seed = LANGDETECT_SEED
-        try:
-            yield
-        finally:
-            random.setstate(state)
-            if had_seed:
-                factory.seed = saved_seed
-            else:
-                del factory.seed
-
-
-def _seed_for(key: int, index: int, instruction_id: str) -> None:
-    # A checker draws from the global `random` only for arguments it lacks or rejects (the two
-    # official letter_frequency prompts with letter '#' / '!'); make that draw reproducible.
-    random.seed(f"sp2dpo-ifeval:{key}:{index}:{instruction_id}")
-
-
-@functools.cache
-def _instructions_util() -> Any:
-    with punkt.no_downloads():
-        from if_verifiable.ifeval import instructions_util
-    return instructions_util
-
-
-@functools.cache
-def _registry() -> Mapping[str, Any]:
-    """``if_verifiable``'s IFEval checker classes by instruction id (imported once, no download)."""
-    with punkt.no_downloads():
-        from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
-    return INSTRUCTION_DICT
-
-
-@functools.cache
-def _loose_transformations() -> Any:
-    with punkt.no_downloads():
-        from if_verifiable.common import get_loose_transformations
-    return get_loose_transformations
-
-
-def supported_instructions() -> tuple[str, ...]:
-    """Instruction ids ``if-verifiable`` can check, sorted."""
-    return tuple(sorted(_registry()))
-
-
-def _build_checker(instruction_id: str, kwargs: Mapping[str, Any], prompt: str) -> Any:
-    # As Google's evaluation_lib: drop None-valued kwargs, then re-build with the prompt for the
-    # checkers whose arguments include it.
-    checker = _registry()[instruction_id](instruction_id)
-    checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
-    args = checker.get_instruction_args()
-    if args and "prompt" in args:
-        checker.build_description(prompt=prompt)
-    return checker
-
-
-# --------------------------------------------------------------------------------------------
-# loading
-# --------------------------------------------------------------------------------------------
-
-
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, parsed_json)`` for each non-blank line of a .jsonl / .jsonl.gz."""
-    name = path.name.lower()
-    if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz")):
-        raise IFEvalInputError(f"{path}: expected a .jsonl or .jsonl.gz file")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    opener = gzip.open if name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise IFEvalInputError(f"{path}:{lineno}: invalid JSON: {exc}") from exc
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise IFEvalInputError(f"{path}: cannot read: {exc}") from exc
-
-
-def _parse_prompt(row: Any, where: str, supported: Mapping[str, Any]) -> IFEvalPrompt:
-    if not isinstance(row, dict):
-        raise IFEvalInputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for field in _FIELDS:
-        if field not in row:
-            raise IFEvalInputError(f"{where}: missing field '{field}'")
-    key, prompt, ids, kwargs = (row[f] for f in _FIELDS)
-    if isinstance(key, bool) or not isinstance(key, int):
-        raise IFEvalInputError(f"{where}: field 'key' must be an integer, got {key!r}")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise IFEvalInputError(f"{where}: field 'prompt' must be a non-empty string")
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        raise IFEvalInputError(
-            f"{where}: field 'instruction_id_list' must be a non-empty list of strings"
-        )
-    if not isinstance(kwargs, list) or not all(isinstance(k, dict) for k in kwargs):
-        raise IFEvalInputError(f"{where}: field 'kwargs' must be a list of JSON objects")
-    if len(ids) != len(kwargs):
-        raise IFEvalInputError(
-            f"{where}: fields 'instruction_id_list' ({len(ids)} ids) and 'kwargs' "
-            f"({len(kwargs)} entries) differ in length"
-        )
-    for i, iid in enumerate(ids):
-        if iid not in supported:
-            raise IFEvalInputError(
-                f"{where}: field 'instruction_id_list[{i}]': unknown instruction id {iid!r} "
-                f"(if-verifiable supports {len(supported)}: {', '.join(sorted(supported))})"
-            )
-        try:
-            _seed_for(key, i, iid)
-            _build_checker(iid, kwargs[i], prompt)
-        except Exception as exc:  # a checker rejecting its arguments (TypeError, ValueError)
-            raise IFEvalInputError(
-                f"{where}: field 'kwargs[{i}]': {iid} rejects {kwargs[i]!r}: {exc}"
-            ) from exc
-    return IFEvalPrompt(key, prompt, tuple(ids), tuple(dict(k) for k in kwargs))
-
-
-#: Hash domain of the seeded prompt subset (:mod:`sp2dpo.sampling`).
-SUBSET_DOMAIN = "ifeval-subset"
-
-
-def load_prompts(path: str | Path, limit: int | None = None, seed: int = 42) -> list[IFEvalPrompt]:
-    """Read and validate the official IFEval prompts; optionally a seeded subset.
-
-    Args:
-        path: ``input_data.jsonl`` or ``input_data.jsonl.gz`` (fields ``key``, ``prompt``,
-            ``instruction_id_list``, ``kwargs``); blank lines are skipped.
-        limit: Keep only this many prompts: those with the smallest
-            ``sha256(f"ifeval-subset:{seed}:{key}")`` (:func:`sp2dpo.sampling.seeded_subset`), so
-            the subset is deterministic and a larger ``limit`` contains every smaller one.
-            ``None`` keeps all.
-        seed: Seed of the subset.
-
-    Returns:
-        The prompts, sorted by key.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        IFEvalInputError: a line is not JSON, lacks a field, has a field of the wrong type,
-            mismatched ``instruction_id_list`` / ``kwargs`` lengths, an instruction id
-            if-verifiable does not support, kwargs its checker rejects, or a duplicate key;
-            the message reads ``FILE:LINE: field 'NAME': ...``. Also for an empty file or a
-            non-positive ``limit``.
-    """
-    path = Path(path)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise IFEvalInputError(f"limit must be a positive integer or None, got {limit!r}")
-    supported = _registry()
-    prompts: list[IFEvalPrompt] = []
-    first_line: dict[int, int] = {}
-    with _deterministic():
-        for lineno, row in _iter_jsonl(path):
-            where = f"{path}:{lineno}"
-            item = _parse_prompt(row, where, supported)
-            if item.key in first_line:
-                raise IFEvalInputError(
-                    f"{where}: field 'key': duplicate key {item.key} "
-                    f"(first on line {first_line[item.key]})"
-                )
-            first_line[item.key] = lineno
-            prompts.append(item)
-    if not prompts:
-        raise IFEvalInputError(f"{path}: no prompts")
-    keep = seeded_subset([p.key for p in prompts], limit, seed, SUBSET_DOMAIN)
-    prompts = [prompts[i] for i in keep]
-    prompts.sort(key=lambda p: p.key)
-    log.debug("loaded %d IFEval prompts from %s", len(prompts), path)
-    return prompts
-
-
-def load_responses(path: str | Path, prompts: Sequence[IFEvalPrompt]) -> dict[int, str]:
-    """Read responses from a JSONL file of ``{"key" or "prompt", "response"}`` objects.
-
-    A line identifies its prompt by ``key`` or, failing that, by the exact ``prompt`` text.
-    Responses to prompts not in ``prompts`` are ignored (scoring a subset).
-
-    Args:
-        path: ``.jsonl`` or ``.jsonl.gz`` file.
-        prompts: The prompts being scored (to resolve ``prompt`` texts to keys).
-
-    Returns:
-        Response text by prompt key.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        IFEvalInputError: bad JSON, missing or mistyped field, an unknown prompt text, or two
-            responses for one prompt (message ``FILE:LINE: field 'NAME': ...``).
-    """
-    path = Path(path)
-    by_text = {p.prompt: p.key for p in prompts}
-    out: dict[int, str] = {}
-    first_line: dict[int, int] = {}
-    for lineno, row in _iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        if not isinstance(row, dict):
-            raise IFEvalInputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        if "response" not in row:
-            raise IFEvalInputError(f"{where}: missing field 'response'")
-        if not isinstance(row["response"], str):
-            raise IFEvalInputError(f"{where}: field 'response' must be a string")
-        if "key" in row:
-            key = row["key"]
-            if isinstance(key, bool) or not isinstance(key, int):
-                raise IFEvalInputError(f"{where}: field 'key' must be an integer, got {key!r}")
-        elif "prompt" in row:
-            if row["prompt"] not in by_text:
-                log.debug("%s: prompt not among the scored prompts; ignored", where)
-                continue
-            key = by_text[row["prompt"]]
-        else:
-            raise IFEvalInputError(f"{where}: missing field 'key' (or 'prompt')")
-        if key in first_line:
-            raise IFEvalInputError(
-                f"{where}: field 'key': second response for key {key} "
-                f"(first on line {first_line[key]})"
-            )
-        first_line[key] = lineno
-        out[key] = row["response"]
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# scoring
-# --------------------------------------------------------------------------------------------
-
-
-def _follows(checker: Any, text: str) -> bool:
-    return bool(text.strip() and checker.check_following(text))
-
-
 def _score_one(item: IFEvalPrompt, response: str) -> PromptRecord:
-    variants = _loose_transformations()(response)
+    variants = loose_transformations()(response)
     strict: list[bool] = []
     loose: list[bool] = []
     for i, (iid, kwargs) in enumerate(zip(item.instruction_id_list, item.kwargs, strict=True)):
-        _seed_for(item.key, i, iid)
+        seed_for(item.key, i, iid)
         try:
-            checker = _build_checker(iid, kwargs, item.prompt)
-            strict.append(_follows(checker, response))
-            loose.append(any(_follows(checker, v) for v in variants))
+            checker = build_checker(iid, kwargs, item.prompt)
+            strict.append(follows(checker, response))
+            loose.append(any(follows(checker, v) for v in variants))
         except PunktUnavailableError:
             raise
         except Exception as exc:
@@ -552,7 +272,7 @@ def score(prompts: Sequence[IFEvalPrompt], responses: Mapping[int, str]) -> IFEv
     if bad:
         raise MissingResponseError(f"response is not a string for key(s) {bad[:10]}")
 
-    with offline_punkt(), _deterministic():
+    with offline_punkt(), deterministic():
         records = tuple(_score_one(p, responses[p.key]) for p in ordered)
 
     counts: dict[str, list[int]] = {}
@@ -601,62 +321,12 @@ def write_results(result: IFEvalResult, path: str | Path) -> None:
         result: A :func:`score` result.
         path: Destination ``.jsonl``; parent directories are created.
     """
-    from sp2dpo.artifacts import write_text
-
     lines = (json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in result.records)
     write_text("".join(lines), path)
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def _format_text(result: IFEvalResult) -> str:
+def format_text(result: IFEvalResult) -> str:
     pct = result.as_percent()
     rows = [f"IFEval: {result.n_prompts} prompts, {result.n_instructions} instructions"]
     rows += [f"  {k:<24} {getattr(result, k):.4f}  ({pct[k]:.2f}%)" for k in _ACC_KEYS]
     return "\n".join(rows)
-
-
-def _cmd_ifeval(args: argparse.Namespace) -> None:
-    prompts = load_prompts(args.input, limit=args.limit, seed=args.seed)
-    result = score(prompts, load_responses(args.responses, prompts))
-    if args.out:
-        write_results(result, args.out)
-    out: dict[str, Any] = summary(result)
-    if args.breakdown:
-        out.update(breakdown(result))
-    if args.json:
-        print(json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False))
-    else:
-        print(_format_text(result))
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``sp2dpo ifeval --responses FILE [--input FILE] [--out FILE] [--json]``."""
-    p = sub.add_parser(
-        "ifeval",
-        help="score responses on IFEval offline (strict/loose, prompt/instruction level)",
-        description="Score responses against the official IFEval prompts with if-verifiable's "
-        'rule-based checkers, offline. FILE is JSONL of {"key" or "prompt", "response"}.',
-    )
-    p.add_argument("--responses", required=True, metavar="FILE", help="responses JSONL(.gz)")
-    p.add_argument(
-        "--input",
-        default=str(DEFAULT_INPUT),
-        metavar="FILE",
-        help=f"IFEval prompts JSONL(.gz) (default: {DEFAULT_INPUT})",
-    )
-    p.add_argument(
-        "--limit", type=int, default=None, help="score a seeded subset of this many prompts"
-    )
-    p.add_argument("--seed", type=int, default=42, help="seed of the --limit subset")
-    p.add_argument(
-        "--out", default=None, metavar="FILE", help="also write the per-prompt records as JSONL"
-    )
-    p.add_argument(
-        "--breakdown", action="store_true", help="add counts per instruction id and category"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.set_defaults(func=_cmd_ifeval)

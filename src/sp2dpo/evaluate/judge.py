@@ -1,7 +1,7 @@
 """The AlpacaEval 2.0 pairwise judge: reference (``generator_1``) vs model (``generator_2``).
 
 Protocol (AlpacaEval 2.0, ``weighted_alpaca_eval_gpt4_turbo``; prompt text is our own,
-``prompts/judge/``): for each instruction the judge reads the instruction and two outputs
+``prompts/judge/``, :mod:`.judge_backends`): for each instruction the judge reads the instruction and two outputs
 labelled :data:`LABELS` (``A`` shown first, ``B`` second) and answers with one label, one output
 token. The result is one annotation per item in AlpacaEval's format, keys in this order:
 ``instruction, output_1, generator_1, dataset, output_2, generator_2, annotator, preference,
@@ -33,18 +33,18 @@ answer is not retried (the judge decodes greedily); transport errors are retried
 
 Backends (``judge.backend``):
 
-- ``local``: the in-process model of :class:`sp2dpo.annotate.local.LocalJudge` (loaded once),
+- ``local``: the in-process model of :class:`sp2dpo.llm.local.LocalJudge` (loaded once),
   rendering the messages with its chat template, or the plain ``System:/User:/Assistant:`` layout
   for a base model, and reading the next-token probabilities of the two labels after the prompt.
   A prompt longer than ``judge.max_input_tokens`` has the middles of both outputs cut to a common
   token cap (the instruction, the framing and the answer cue stay whole); if even empty outputs
   do not fit, the item fails with ``prompt_too_long``.
-- ``openai``: any OpenAI-compatible endpoint through :class:`sp2dpo.annotate.client.
+- ``openai``: any OpenAI-compatible endpoint through :class:`sp2dpo.llm.client.
   OpenAICompatibleClient` (retries with exponential backoff and jitter, ``Retry-After``,
   ``judge.rpm``/``tpm`` limits, ``judge.max_concurrency`` calls in flight; the key is read from
   ``judge.api_key_env`` and never logged). ``response_format`` is never sent. Put
   ``extra_body: {logprobs: true, top_logprobs: 5}`` in the judge entry for continuous preferences
-  (``configs/eval/gpt4-turbo-judge.yaml``).
+  (the ``gpt4-turbo-judge`` profile).
 
 Independence: :func:`check_judge_independent` refuses a judge that is one of the annotation
 teachers unless ``eval.allow_teacher_judge`` is set.
@@ -53,11 +53,9 @@ teachers unless ``eval.allow_teacher_judge`` is set.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import hashlib
 import logging
 import math
-import string
 import threading
 import time
 from collections import Counter
@@ -65,18 +63,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sp2dpo import config, models
-from sp2dpo.annotate.local import cut_middle
-from sp2dpo.config import ConfigError, DecodingConfig, EvalConfig, TeacherConfig
+from sp2dpo.core.config import DecodingConfig, TeacherConfig
+from sp2dpo.core.errors import UserError
 from sp2dpo.evaluate.alpaca import ANNOTATION_KEYS
+from sp2dpo.evaluate.judge_backends import (
+    DEFAULT_PROMPTS_DIR,
+    LABELS,
+    HttpLabelJudge,
+    JudgePrompt,
+    LocalLabelScorer,
+)
+from sp2dpo.llm import models
 
 log = logging.getLogger(__name__)
-
-#: The two single-token labels: the first shown output is ``A``, the second ``B``.
-LABELS: tuple[str, str] = ("A", "B")
-
-#: The judge prompt templates (``system.txt``, ``user.txt``).
-DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[3] / "prompts" / "judge"
 
 #: The reference generator of AlpacaEval 2.0.
 REFERENCE_GENERATOR = "gpt4_1106_preview"
@@ -92,49 +91,8 @@ EXTRA_KEYS: tuple[str, ...] = ("status", "model_on_first_side", "attempts", "is_
 OK_STATUSES = frozenset({"ok", "identical"})
 
 
-class JudgeConflictError(ValueError):
+class JudgeConflictError(UserError, ValueError):
     """The judge is also a teacher of the annotation panel."""
-
-
-# ------------------------------------------------------------------------------------ config
-
-
-def load_judge(
-    eval_cfg: EvalConfig, params_root: str | Path = "."
-) -> tuple[TeacherConfig, DecodingConfig]:
-    """The judge entry and its decoding: ``eval.judge_file`` when set, else ``eval.judge``.
-
-    Like ``annotate.teachers_file``, the file is YAML read with :func:`sp2dpo.config.read_yaml`
-    and built with the typed config; a relative path is relative to ``params_root`` (the folder
-    of ``params.yaml``). The file holds ``judge`` (required) and optionally ``judge_decoding``
-    (default: ``eval.judge_decoding``).
-
-    Raises:
-        ConfigError: a missing file, unknown top-level keys, or bad values (naming the file).
-    """
-    if not eval_cfg.judge_file:
-        return eval_cfg.judge, eval_cfg.judge_decoding
-    path = Path(eval_cfg.judge_file)
-    if not path.is_absolute():
-        path = Path(params_root) / path
-    raw = config.read_yaml(path)
-    unknown = sorted(set(raw) - {"judge", "judge_decoding"})
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) {', '.join(unknown)}; allowed: judge, judge_decoding"
-        )
-    if "judge" not in raw:
-        raise ConfigError(f"{path}: missing the `judge` entry")
-    try:
-        judge = config.build(TeacherConfig, raw["judge"], "judge")
-        decoding = (
-            config.build(DecodingConfig, raw["judge_decoding"], "judge_decoding")
-            if raw.get("judge_decoding") is not None
-            else eval_cfg.judge_decoding
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return judge, decoding
 
 
 def normalize_model(spec: str) -> str:
@@ -185,13 +143,10 @@ def check_judge_independent(
     )
     if not allow:
         raise JudgeConflictError(
-            f"{what}. Choose another judge (eval.judge or eval.judge_file) or set "
+            f"{what}. Choose another judge (eval.judge, e.g. the gpt4-turbo-judge profile) or set "
             "eval.allow_teacher_judge: true to accept it (recorded in the results)."
         )
     return f"{what} (allowed by eval.allow_teacher_judge)"
-
-
-# ------------------------------------------------------------------------------------ protocol
 
 
 def model_on_first_side(instruction: str, seed: int) -> bool:
@@ -245,207 +200,11 @@ def preference_from_text(text: str | None, model_label: str, reference_label: st
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class JudgePrompt:
-    """The judge's system text and user template (``prompts/judge/``)."""
-
-    system: str
-    user: string.Template
-
-    @classmethod
-    def load(cls, folder: str | Path = DEFAULT_PROMPTS_DIR) -> JudgePrompt:
-        folder = Path(folder)
-        try:
-            system = (folder / "system.txt").read_text(encoding="utf-8").strip()
-            user = (folder / "user.txt").read_text(encoding="utf-8").strip()
-        except FileNotFoundError as exc:
-            raise ConfigError(f"judge prompt file missing: {exc.filename}") from None
-        template = string.Template(user)
-        needed = {"instruction", "first_output", "second_output"}
-        missing = needed - set(template.get_identifiers())
-        if missing:
-            raise ConfigError(f"{folder / 'user.txt'}: missing placeholder(s) {sorted(missing)}")
-        return cls(system, template)
-
-    def messages(self, instruction: str, first: str, second: str) -> list[dict[str, str]]:
-        """System and user messages for one comparison (first shown = label ``A``)."""
-        user = self.user.substitute(
-            instruction=instruction,
-            first_output=first,
-            second_output=second,
-            first_label=LABELS[0],
-            second_label=LABELS[1],
-        )
-        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
-
-
-# ------------------------------------------------------------------------------------ backends
-
-
-@dataclasses.dataclass
-class Verdict:
-    """One judge call's outcome, after retries.
-
-    ``top_logprobs`` are first-token ``{"token", "logprob"}`` entries (None: not available);
-    ``text`` the answer text.
-    """
-
-    status: str
-    text: str | None = None
-    top_logprobs: list[dict[str, Any]] | None = None
-    error: str | None = None
-    attempts: int = 1
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    is_truncated: bool = False
-
-
-class LocalLabelScorer:
-    """The ``local`` backend: next-token probabilities of the labels from an in-process model.
-
-    Args:
-        judge: the judge entry (``model``, ``revision``, ``dtype``, ``max_input_tokens``).
-    """
-
-    def __init__(self, judge: TeacherConfig) -> None:
-        from sp2dpo.annotate.local import LocalJudge
-
-        self.cfg = judge
-        self.scorer = LocalJudge(
-            judge.model,
-            revision=judge.revision,
-            dtype=judge.dtype,
-            max_input_tokens=judge.max_input_tokens,
-        )
-        self.label_ids = {label: _label_token_ids(self.scorer.tokenizer, label) for label in LABELS}
-        for label, ids in self.label_ids.items():
-            if not ids:
-                raise ConfigError(f"judge {judge.id!r}: no token of {judge.model} reads {label!r}")
-        self._lock = threading.Lock()
-
-    def fit(self, prompt: JudgePrompt, instruction: str, first: str, second: str) -> tuple[list[int], bool] | None:
-        """Token ids of the rendered prompt within ``max_input_tokens``, cutting the middles of
-        both outputs to the largest common token cap; None if even empty outputs do not fit."""
-        scorer = self.scorer
-        budget = scorer.max_input_tokens
-
-        def ids_for(a: str, b: str) -> list[int]:
-            return scorer.encode(scorer.render(prompt.messages(instruction, a, b)))
-
-        ids = ids_for(first, second)
-        if len(ids) <= budget:
-            return ids, False
-        offsets = [
-            scorer.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
-                "offset_mapping"
-            ]
-            for text in (first, second)
-        ]
-
-        def build(cap: int) -> list[int]:
-            return ids_for(cut_middle(first, offsets[0], cap), cut_middle(second, offsets[1], cap))
-
-        best = build(0)
-        if len(best) > budget:
-            return None
-        low, high = 0, max(len(o) for o in offsets)
-        while high - low > 1:
-            mid = (low + high) // 2
-            candidate = build(mid)
-            if len(candidate) <= budget:
-                low, best = mid, candidate
-            else:
-                high = mid
-        return best, True
-
-    def judge(self, prompt: JudgePrompt, instruction: str, first: str, second: str) -> Verdict:
-        import torch
-
-        fitted = self.fit(prompt, instruction, first, second)
-        if fitted is None:
-            return Verdict(
-                "prompt_too_long",
-                error=f"the instruction and framing alone exceed max_input_tokens="
-                f"{self.scorer.max_input_tokens}",
-            )
-        ids, is_truncated = fitted
-        with self._lock, torch.inference_mode():
-            out = self.scorer.model(input_ids=torch.tensor([ids]), logits_to_keep=1)
-            logprobs = out.logits[0, -1].float().log_softmax(-1)
-        top = []
-        for label in LABELS:
-            total = torch.logsumexp(logprobs[self.label_ids[label]], dim=0)
-            top.append({"token": label, "logprob": float(total)})
-        best = max(top, key=lambda item: item["logprob"])["token"]
-        return Verdict(
-            "reply",
-            text=best,
-            top_logprobs=top,
-            prompt_tokens=len(ids),
-            completion_tokens=1,
-            is_truncated=is_truncated,
-        )
-
-
-class HttpLabelJudge:
-    """The ``openai`` backend: one request per comparison with retries and backoff.
-
-    The request fields come from the judge entry and ``judge_decoding``
-    (:func:`sp2dpo.annotate.client.request_fields`), without ``response_format``.
-    """
-
-    def __init__(self, judge: TeacherConfig, decoding: DecodingConfig) -> None:
-        from sp2dpo.annotate.teachers import HttpBackend, Teacher
-
-        self.cfg = dataclasses.replace(judge, structured_output="none")
-        self.decoding = decoding
-        self.backend = HttpBackend(self.cfg, decoding, chars_per_token=4.0)
-        self.retry = Teacher(self.cfg, decoding, backend=self.backend)
-
-    def judge(
-        self, prompt: JudgePrompt, instruction: str, first: str, second: str, stop: threading.Event
-    ) -> Verdict | None:
-        """None when ``stop`` was set (another item hit an auth error).
-
-        Raises:
-            AuthError: the endpoint rejected the key.
-        """
-        done = self.retry.call(prompt.messages(instruction, first, second), stop, role="judge")
-        if done is None:
-            return None
-        attempt = done.attempt
-        return Verdict(
-            attempt.status,
-            text=attempt.text,
-            top_logprobs=attempt.logprobs,
-            error=attempt.error,
-            attempts=done.attempts,
-            prompt_tokens=done.prompt_tokens,
-            completion_tokens=done.completion_tokens,
-        )
-
-
-def _label_token_ids(tokenizer: Any, label: str) -> list[int]:
-    """Ids of the tokens whose decoded text, stripped of white space, is ``label``.
-
-    Only vocabulary entries whose raw form contains the label (``A``, ``ĠA``, ``▁A``) or that are
-    byte tokens (``<0x41>``) can decode to it, so only those are decoded.
-    """
-    candidates = [
-        i for token, i in tokenizer.get_vocab().items() if label in token or token.startswith("<0x")
-    ]
-    texts = tokenizer.batch_decode([[i] for i in candidates])
-    return sorted(i for i, text in zip(candidates, texts, strict=True) if text.strip() == label)
-
-
-# ------------------------------------------------------------------------------------ runner
-
-
 class PairwiseJudge:
     """Judges (reference, model) pairs into AlpacaEval annotations.
 
     Args:
-        judge: the judge entry (``eval.judge`` or the ``judge`` of ``eval.judge_file``).
+        judge: the judge entry (``eval.judge``).
         decoding: ``eval.judge_decoding`` (retries, timeouts, ``max_tokens: 1``).
         seed: seed of the per-item side order (``eval.alpaca_eval.seed``).
         prompts_dir: folder of ``system.txt`` and ``user.txt``.
@@ -635,18 +394,6 @@ VOLATILE_SUMMARY_KEYS = ("mean_latency_s", "elapsed_s")
 def stable_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     """``summary`` without its wall-clock fields (for DVC metrics with stable bytes)."""
     return {k: v for k, v in summary.items() if k not in VOLATILE_SUMMARY_KEYS}
-
-
-def build_judge(
-    judge: TeacherConfig,
-    decoding: DecodingConfig,
-    *,
-    seed: int = 42,
-    prompts_dir: str | Path = DEFAULT_PROMPTS_DIR,
-) -> PairwiseJudge:
-    """A :class:`PairwiseJudge` (its backend loads on first use; :meth:`~PairwiseJudge.close`
-    frees it)."""
-    return PairwiseJudge(judge, decoding, seed=seed, prompts_dir=prompts_dir)
 
 
 def annotate_pairs(

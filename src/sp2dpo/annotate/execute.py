@@ -1,0 +1,178 @@
+"""Making the planned calls: one thread pool per teacher behind its rate limiter, each finished
+call appended to the call log at once, a progress bar with the running cost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+import threading
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+from sp2dpo.annotate.cache import LOG_VERSION, CallLog, pair_sha256
+from sp2dpo.annotate.plan import CallSpec
+from sp2dpo.annotate.prompts import Variant, messages_sha256
+from sp2dpo.llm.client import PRESETS, AuthError
+from sp2dpo.llm.teachers import CallResult, Teacher, signature
+
+log = logging.getLogger(__name__)
+
+
+class _Progress:
+    """Counts, running cost and the progress bar, updated under one lock."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.lock = threading.Lock()
+        self.ok = self.failed = 0
+        self.cost = 0.0
+        self.made: Counter[str] = Counter()
+        self.bar = tqdm(total=total, desc="annotate", unit="call", disable=not enabled or total == 0,
+                        file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, teacher: str, status: str, cost: float) -> None:
+        with self.lock:
+            self.made[teacher] += 1
+            if status == "ok":
+                self.ok += 1
+            else:
+                self.failed += 1
+            self.cost += cost
+            self.bar.set_postfix(ok=self.ok, failed=self.failed, cost=f"${self.cost:.4f}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _record(
+    spec: CallSpec,
+    pair: Any,
+    teacher: Teacher,
+    variant: Variant,
+    messages: list[dict[str, str]],
+    sig: dict[str, Any],
+    content_sha: str,
+    result: CallResult,
+) -> dict[str, Any]:
+    cfg = teacher.cfg
+    endpoint = None
+    if cfg.backend == "openai":
+        endpoint = (cfg.base_url or PRESETS[cfg.preset].base_url or "").rstrip("/")
+    return {
+        "v": LOG_VERSION,
+        "key": spec.key,
+        "prompt_id": pair.prompt_id,
+        "annotator": cfg.id,
+        "variant": variant.name,
+        "model": cfg.model,
+        "backend": cfg.backend,
+        "preset": cfg.preset if cfg.backend == "openai" else None,
+        "endpoint": endpoint,
+        "status": result.status,
+        "category": result.category,
+        "magnitude": result.magnitude,
+        "confidence": result.confidence,
+        "response_text": result.text,
+        "raw_response": result.raw,
+        "error": result.error,
+        "attempts": result.attempts,
+        "latency_s": None if result.latency_s is None else round(result.latency_s, 4),
+        "elapsed_s": round(result.elapsed_s, 4),
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cost_usd": round(teacher.cost(result.prompt_tokens, result.completion_tokens), 8),
+        "http_status": result.http_status,
+        "response_model": result.response_model,
+        "system_fingerprint": result.fingerprint,
+        "finish_reason": result.finish_reason,
+        "template_sha256": variant.template_sha256,
+        "request_sha256": messages_sha256(messages),
+        "pair_sha256": content_sha,
+        "decode": sig,
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+    }
+
+
+def execute(
+    todo: list[CallSpec],
+    pairs: pd.DataFrame,
+    teachers: list[Teacher | None],
+    variants: list[Variant],
+    call_log: CallLog,
+    *,
+    progress: bool = True,
+) -> Counter[str]:
+    """Make the ``todo`` calls, appending each finished one to the (open) ``call_log``.
+
+    Returns:
+        Calls made per teacher id.
+
+    Raises:
+        AuthError: a teacher's key is missing or rejected (other teachers' calls in flight are
+            still logged; nothing else starts).
+        KeyboardInterrupt: after the calls in flight have been logged.
+    """
+    by_teacher: dict[int, list[CallSpec]] = {}
+    for spec in todo:
+        by_teacher.setdefault(spec.teacher, []).append(spec)
+    sigs = {ti: signature(teachers[ti].cfg, teachers[ti].decoding) for ti in by_teacher}
+    rows = list(pairs.itertuples(index=False))
+    contents: dict[int, str] = {}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    bar = _Progress(len(todo), progress)
+
+    def worker(ti: int, queue: list[CallSpec], lock: threading.Lock) -> None:
+        teacher = teachers[ti]
+        try:
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    spec = queue.pop()
+                pair = rows[spec.row]
+                variant = variants[spec.variant]
+                messages = variant.render(pair.prompt, pair.chosen, pair.rejected)
+                result = teacher.judge(messages, stop)
+                if result is None:  # stopped before the call finished: not logged, redone later
+                    return
+                content = contents.get(spec.row) or pair_sha256(pair.prompt, pair.chosen, pair.rejected)
+                contents[spec.row] = content
+                record = _record(spec, pair, teacher, variant, messages, sigs[ti], content, result)
+                call_log.append(record)
+                bar.update(teacher.cfg.id, result.status, record["cost_usd"])
+        except BaseException as exc:  # re-raised by the main thread
+            errors.append(exc)
+            stop.set()
+
+    threads = []
+    for ti, specs in by_teacher.items():
+        queue = list(reversed(specs))  # pop() from the end keeps pair-major order
+        lock = threading.Lock()
+        workers = 1 if teachers[ti].cfg.backend == "local" else min(teachers[ti].cfg.max_concurrency, len(specs))
+        for _ in range(workers):
+            thread = threading.Thread(target=worker, args=(ti, queue, lock), daemon=True)
+            thread.start()
+            threads.append(thread)
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        log.warning("interrupted: waiting for the calls in flight to be logged")
+        for thread in threads:
+            thread.join()
+        raise
+    finally:
+        bar.close()
+    if errors:
+        auth = [e for e in errors if isinstance(e, AuthError)]
+        raise (auth or errors)[0]
+    return bar.made

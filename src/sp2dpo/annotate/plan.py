@@ -1,0 +1,128 @@
+"""Planning the calls of the ``annotate`` stage: which pairs, which calls, which are cached, and
+what the rest would cost (``--estimate``).
+
+One call per (pair, teacher, variant), keyed by :func:`sp2dpo.annotate.cache.call_key`. Calls
+already in the call log (same key, a final status) are skipped, so a re-run, a run after a crash,
+or a run with one more teacher or variant only calls what is new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pandas as pd
+
+from sp2dpo.annotate.cache import call_key, pair_sha256
+from sp2dpo.annotate.prompts import Variant
+from sp2dpo.core.config import AnnotateConfig, DecodingConfig, TeacherConfig
+from sp2dpo.core.sampling import seeded_subset
+from sp2dpo.llm.teachers import signature
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallSpec:
+    """One planned call; messages are rendered only when the call is made."""
+
+    key: str
+    row: int
+    teacher: int
+    variant: int
+
+
+#: Hash domain of the deterministic pair subset (see :func:`select_pairs`).
+SUBSET_DOMAIN = "annotate-subset"
+
+
+def select_pairs(pairs: pd.DataFrame, max_pairs: int | None, seed: int) -> pd.DataFrame:
+    """A deterministic subset of ``max_pairs`` pairs, in input order.
+
+    The pairs with the smallest ``sha256(f"annotate-subset:{seed}:{prompt_id}")`` are kept, so
+    the subset does not depend on row order and growing ``max_pairs`` keeps every earlier pair
+    (their calls stay cached). The ``annotate-subset:`` prefix separates this hash from the one
+    behind ``beta_random`` (``sha256(f"{seed}:{prompt_id}")``): with the same seed the subset
+    would otherwise be exactly the pairs with the smallest random betas.
+    """
+    keep = seeded_subset(list(pairs["prompt_id"]), max_pairs, seed, SUBSET_DOMAIN)
+    return pairs.iloc[keep].sort_index().reset_index(drop=True)
+
+
+def plan_calls(
+    pairs: pd.DataFrame,
+    teachers: list[TeacherConfig],
+    variants: list[Variant],
+    decoding: DecodingConfig,
+) -> list[CallSpec]:
+    """Every call of the run, pair-major (pair, then teacher, then variant)."""
+    signatures = [signature(t, decoding) for t in teachers]
+    specs = []
+    for row, pair in enumerate(pairs.itertuples(index=False)):
+        content = pair_sha256(pair.prompt, pair.chosen, pair.rejected)
+        for ti, teacher in enumerate(teachers):
+            for vi, variant in enumerate(variants):
+                key = call_key(
+                    prompt_id=pair.prompt_id,
+                    pair_sha256=content,
+                    teacher_id=teacher.id,
+                    model=teacher.model,
+                    variant=variant.name,
+                    template_sha256=variant.template_sha256,
+                    decode=signatures[ti],
+                )
+                specs.append(CallSpec(key, row, ti, vi))
+    return specs
+
+
+def is_done(record: dict[str, Any] | None, redo: set[str]) -> bool:
+    return record is not None and record["status"] not in redo and record["status"] != "auth_error"
+
+
+def estimate(
+    teachers: list[TeacherConfig],
+    decoding: DecodingConfig,
+    settings: AnnotateConfig,
+    pairs: pd.DataFrame,
+    variants: list[Variant],
+    records: dict[str, Any],
+) -> dict[str, Any]:
+    """Calls, tokens and cost per teacher, before spending anything.
+
+    Input tokens are estimated as characters / ``annotate.chars_per_token`` of the rendered
+    messages; output tokens are bounded by ``decoding.max_tokens`` per call, so the cost is an
+    upper bound. Calls already in the log are counted as cached and cost nothing.
+    """
+    specs = plan_calls(pairs, teachers, variants, decoding)
+    redo = set(settings.redo_statuses)
+    lengths = (pairs["prompt"].str.len() + pairs["chosen"].str.len() + pairs["rejected"].str.len()).tolist()
+    fixed = [len(v.system) + len(v.user) for v in variants]
+    per_teacher: dict[str, dict[str, Any]] = {}
+    for ti, teacher in enumerate(teachers):
+        todo = [s for s in specs if s.teacher == ti and not is_done(records.get(s.key), redo)]
+        total = sum(1 for s in specs if s.teacher == ti)
+        chars = sum(lengths[s.row] + fixed[s.variant] for s in todo)
+        tokens_in = math.ceil(chars / settings.chars_per_token)
+        tokens_out = len(todo) * decoding.max_tokens
+        per_teacher[teacher.id] = {
+            "model": teacher.model,
+            "backend": teacher.backend,
+            "calls": total,
+            "cached": total - len(todo),
+            "to_call": len(todo),
+            "input_tokens_est": tokens_in,
+            "output_tokens_max": tokens_out,
+            "cost_usd_max": round(
+                (tokens_in * teacher.price_in_per_m + tokens_out * teacher.price_out_per_m) / 1e6, 4
+            ),
+        }
+    return {
+        "pairs": len(pairs),
+        "variants": [v.name for v in variants],
+        "per_teacher": per_teacher,
+        "to_call": sum(t["to_call"] for t in per_teacher.values()),
+        "cost_usd_max": round(sum(t["cost_usd_max"] for t in per_teacher.values()), 4),
+        "note": (
+            f"input tokens ~ characters / {settings.chars_per_token:g}; output tokens at "
+            f"decoding.max_tokens={decoding.max_tokens} per call (an upper bound)"
+        ),
+    }

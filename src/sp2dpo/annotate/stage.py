@@ -1,0 +1,137 @@
+"""The ``annotate`` stage: plan every call, skip cached ones, run the rest, write table and report.
+
+One call per (pair, teacher, variant) (:mod:`.plan`). Calls already in the call log (same key)
+are skipped, so a re-run, a run after a crash, or a run with one more teacher or variant only
+calls what is new. Each teacher runs on its own pool of ``max_concurrency`` threads (one for a
+local model) behind its rpm/tpm limiter; every finished call is appended to the log at once
+(:mod:`.execute`). When all calls have ended, the call table (one row per call, whatever its
+status) and the report are written from the log (:mod:`.report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sp2dpo.annotate.cache import CallLog
+from sp2dpo.annotate.execute import execute
+from sp2dpo.annotate.plan import estimate, is_done, plan_calls, select_pairs
+from sp2dpo.annotate.prompts import load_variants
+from sp2dpo.annotate.report import call_table, report, stable_report
+from sp2dpo.core import artifacts, schemas
+from sp2dpo.core.config import (
+    AnnotateConfig,
+    DecodingConfig,
+    PromptsConfig,
+    TeacherConfig,
+    check_panel,
+)
+from sp2dpo.llm.teachers import Teacher
+
+log = logging.getLogger(__name__)
+
+#: Call-table formats (by suffix) the stage writes.
+CALL_TABLE_SUFFIXES = (".parquet", ".csv")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotatePaths:
+    """Where the stage reads and writes; :meth:`pipeline` gives the DVC stage's paths.
+
+    Attributes:
+        pairs: pairs table (parquet, jsonl, csv) with prompt_id, prompt, chosen, rejected.
+        out: the call table (``.parquet`` or ``.csv``).
+        log: the append-only call log, also the cache (None: ``out`` with suffix ``.jsonl``).
+        report: the metrics JSON (None: not written).
+        prompts_root: the folder ``prompts.dir`` is relative to.
+    """
+
+    pairs: Path
+    out: Path
+    log: Path | None = None
+    report: Path | None = None
+    prompts_root: Path = Path(".")
+
+    @classmethod
+    def pipeline(cls) -> AnnotatePaths:
+        return cls(
+            pairs=Path("data/pairs/filtered.parquet"),
+            out=Path("data/annotate/calls.parquet"),
+            log=Path("data/annotate/calls.jsonl"),
+            report=Path("reports/annotate.json"),
+        )
+
+    @property
+    def call_log(self) -> Path:
+        return self.log if self.log is not None else Path(self.out).with_suffix(".jsonl")
+
+
+def run(
+    teachers: list[TeacherConfig],
+    prompts: PromptsConfig,
+    decoding: DecodingConfig,
+    settings: AnnotateConfig,
+    paths: AnnotatePaths,
+    *,
+    estimate_only: bool = False,
+) -> dict[str, Any]:
+    """Annotate the pairs with the panel: sections ``teachers``, ``prompts``, ``decoding`` and
+    ``annotate`` of the params.
+
+    Args:
+        teachers, prompts, decoding, settings: the four params sections.
+        paths: inputs and outputs (:class:`AnnotatePaths`).
+        estimate_only: return the estimate of calls, tokens and cost; nothing is called or written.
+
+    Returns:
+        The report (or the estimate).
+
+    Raises:
+        ConfigError: an empty panel, duplicate teacher ids, a bad template or output suffix.
+        AuthError: a missing or rejected key (the stage stops at once).
+    """
+    check_panel(teachers, "teachers")
+    out_path = Path(paths.out)
+    if out_path.suffix.lower() not in CALL_TABLE_SUFFIXES:
+        raise ValueError(
+            f"{out_path}: the call table must be {' or '.join(CALL_TABLE_SUFFIXES)} "
+            "(checked before any call is made)"
+        )
+    variants = load_variants(prompts, paths.prompts_root)
+    pairs = artifacts.read_table(paths.pairs, schemas.PairsToAnnotate)
+    pairs = select_pairs(pairs, settings.max_pairs, settings.subset_seed)
+    call_log = CallLog(paths.call_log)
+    records = call_log.read()
+    if estimate_only:
+        return estimate(teachers, decoding, settings, pairs, variants, records)
+
+    specs = plan_calls(pairs, teachers, variants, decoding)
+    redo = set(settings.redo_statuses)
+    todo = [s for s in specs if not is_done(records.get(s.key), redo)]
+    log.info(
+        "annotate: %d pairs x %d teachers x %d variants = %d calls; %d cached, %d to call",
+        len(pairs), len(teachers), len(variants), len(specs), len(specs) - len(todo), len(todo),
+    )
+    # Building a teacher reads its key: a missing key stops the stage before any call.
+    backends: list[Teacher | None] = [None] * len(teachers)
+    for ti in sorted({s.teacher for s in todo}):
+        backends[ti] = Teacher(teachers[ti], decoding, chars_per_token=settings.chars_per_token)
+    made: Counter[str] = Counter()
+    if todo:
+        with call_log:
+            made = execute(todo, pairs, backends, variants, call_log, progress=settings.progress)
+        records = call_log.read()
+    table = call_table(specs, records)
+    artifacts.write_table(table, out_path, schemas.AnnotatedCallTable)
+    summary = report(table, teachers, variants, made, call_log.skipped_lines)
+    if paths.report is not None:
+        artifacts.write_json(stable_report(summary), paths.report)
+    log.info(
+        "annotate: %d calls (%d made now), %d ok, %d pairs complete, cost $%.4f -> %s",
+        summary["calls"], summary["calls_made"], summary["status"]["ok"], summary["pairs_complete"],
+        summary["cost_usd"], out_path,
+    )
+    return summary

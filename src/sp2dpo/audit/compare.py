@@ -1,0 +1,395 @@
+"""Auditing beta artifacts: what changed in the enforcement schedule between two versions, and why.
+
+A side of a diff is a beta CSV path or ``REV:path``, where REV is anything git resolves to a
+commit (a hash, a branch, a tag, ``HEAD~1``, a DVC experiment's ref). At a revision the file is
+read from git when git tracks it, otherwise through DVC (``dvc.api.open``), which finds the
+version that revision's ``dvc.lock`` / ``.dvc`` files name in the local cache or a remote, so
+two commits or two experiments compare without a checkout. The process variables that produced
+each side are read from that revision's ``dvc.lock`` (the params the producing stage actually
+ran with), else its ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from sp2dpo.core.beta import JMAMP_COLUMN, panel_of, read_artifact_frame
+from sp2dpo.core.config import flatten
+from sp2dpo.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COLUMN = JMAMP_COLUMN
+DEFAULT_THRESHOLD = 0.05
+#: Stage whose params describe a beta artifact in ``dvc.lock``.
+PRODUCER_STAGE = "aggregate"
+
+
+class AuditError(UserError, ValueError):
+    """A diff that cannot be made; the message says which side and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """One version of a beta artifact."""
+
+    label: str  # as given on the command line
+    frame: pd.DataFrame
+    params: dict[str, Any]  # flattened process variables ({} when unknown)
+    params_source: str  # where the params came from
+
+
+# --------------------------------------------------------------------------------------------
+# resolving a side
+# --------------------------------------------------------------------------------------------
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True)
+
+
+def _repo_root(start: Path) -> Path:
+    proc = _git(start, "rev-parse", "--show-toplevel")
+    if proc.returncode != 0:
+        raise AuditError(f"{start}: not inside a git repository, so REV:path cannot be resolved")
+    return Path(proc.stdout.decode().strip())
+
+
+def _resolve_commit(repo: Path, rev: str) -> str:
+    proc = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if proc.returncode != 0:
+        raise AuditError(f"revision {rev!r} does not exist in {repo}")
+    return proc.stdout.decode().strip()
+
+
+def _git_show(repo: Path, commit: str, path: str) -> bytes | None:
+    proc = _git(repo, "show", f"{commit}:{path}")
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _dvc_read(repo: Path, commit: str, path: str) -> bytes | None:
+    """The bytes DVC tracks at ``path`` in revision ``commit``; None when DVC does not track it."""
+    from dvc.api import DVCFileSystem
+
+    try:
+        fs = DVCFileSystem(str(repo), rev=commit)
+        if not fs.exists(path) or not fs.isfile(path):
+            return None
+    except Exception as exc:  # not a DVC repository at that revision, or an unreadable lock file
+        log.debug("dvc cannot list %s at %s: %s", path, commit, exc)
+        return None
+    try:
+        return fs.read_bytes(path)
+    except Exception:
+        raise AuditError(
+            f"{path} at {commit[:12]} is tracked by DVC but its data is neither in the local "
+            "cache nor in a remote (`dvc push` from where it was produced, or `dvc fetch`)"
+        ) from None
+
+
+def _params_at(repo: Path, commit: str | None) -> tuple[dict[str, Any], str]:
+    """The producing stage's params from ``dvc.lock``, else the whole ``params.yaml``."""
+    read = (lambda p: _git_show(repo, commit, p)) if commit else (
+        lambda p: (repo / p).read_bytes() if (repo / p).exists() else None
+    )
+    where = commit[:12] if commit else "workspace"
+    lock = read("dvc.lock")
+    if lock:
+        stage = (yaml.safe_load(lock) or {}).get("stages", {}).get(PRODUCER_STAGE, {})
+        by_file = stage.get("params")
+        if by_file:
+            merged: dict[str, Any] = {}
+            for values in by_file.values():
+                merged.update(flatten(values))
+            return merged, f"{where}:dvc.lock ({PRODUCER_STAGE})"
+    params = read("params.yaml")
+    if params:
+        return flatten(yaml.safe_load(params) or {}), f"{where}:params.yaml"
+    return {}, "unknown"
+
+
+def _parse_csv(content: bytes, label: str) -> pd.DataFrame:
+    try:
+        header = list(pd.read_csv(io.BytesIO(content), nrows=0).columns)
+    except Exception as exc:
+        raise AuditError(f"{label}: not a readable CSV ({exc})") from None
+    if "prompt_id" not in header:
+        raise AuditError(f"{label}: not a beta artifact (no prompt_id column)")
+    try:
+        frame = read_artifact_frame(io.BytesIO(content), header)
+    except ValueError as exc:  # a non-numeric cell in a numeric column
+        raise AuditError(f"{label}: {exc}") from None
+    duplicated = frame["prompt_id"][frame["prompt_id"].duplicated()]
+    if len(duplicated):
+        raise AuditError(f"{label}: prompt_id {duplicated.iloc[0]!r} appears more than once")
+    return frame
+
+
+def load_side(spec: str, cwd: str | Path = ".") -> Side:
+    """Read one side of a diff: ``path`` or ``REV:path``.
+
+    Raises:
+        AuditError: the revision does not exist, the path is not tracked at that revision (by git
+            or DVC), or the file is not a beta artifact.
+    """
+    cwd = Path(cwd)
+    local = cwd / spec
+    if local.exists() or ":" not in spec:
+        if not local.exists():
+            raise AuditError(f"{spec}: no such file")
+        try:
+            repo = _repo_root(local.parent.resolve())
+            params, source = _params_at(repo, None)
+        except AuditError:
+            params, source = {}, "unknown"
+        return Side(spec, _parse_csv(local.read_bytes(), spec), params, source)
+    rev, path = spec.split(":", 1)
+    repo = _repo_root(cwd.resolve())
+    commit = _resolve_commit(repo, rev)
+    rel = str((cwd.resolve() / path).relative_to(repo)) if not Path(path).is_absolute() else path
+    content = _git_show(repo, commit, rel)
+    if content is None:
+        content = _dvc_read(repo, commit, rel)
+    if content is None:
+        raise AuditError(
+            f"{rel} is not tracked at revision {rev!r} ({commit[:12]}): git has no such file "
+            "and no dvc.lock / .dvc file of that revision names it"
+        )
+    params, source = _params_at(repo, commit)
+    return Side(spec, _parse_csv(content, spec), params, source)
+
+
+# --------------------------------------------------------------------------------------------
+# the diff
+# --------------------------------------------------------------------------------------------
+
+
+def panel(frame: pd.DataFrame) -> list[str]:
+    """Teacher ids of an artifact, from its per-teacher ensemble category columns."""
+    return panel_of(list(frame.columns))[0]
+
+
+def default_category_column(frame: pd.DataFrame) -> str | None:
+    """The first ``category_*_ens`` column in column order (the pinned default)."""
+    return next((c for c in frame.columns if c.startswith("category_") and c.endswith("_ens")), None)
+
+
+def _need(side: Side, column: str, role: str) -> None:
+    if column not in side.frame.columns:
+        options = [c for c in side.frame.columns if c.startswith(role.split("_")[0] + "_")]
+        raise AuditError(
+            f"{side.label}: no column {column!r}; {role} columns there: {', '.join(options) or 'none'}"
+        )
+
+
+def diff(
+    old: Side,
+    new: Side,
+    *,
+    column: str = DEFAULT_COLUMN,
+    threshold: float = DEFAULT_THRESHOLD,
+    category_column: str | None = None,
+    allow_panel_change: bool = False,
+    pairs: pd.DataFrame | None = None,
+    top: int = 10,
+) -> dict[str, Any]:
+    """Compare two beta artifacts.
+
+    Args:
+        old, new: the two sides.
+        column: the beta column compared over common pairs.
+        threshold: a pair counts as changed when ``|new - old| > threshold``.
+        category_column: category column for flips and per-category shifts (default: the first
+            ``category_*_ens`` column of OLD).
+        allow_panel_change: compare artifacts from different teacher panels (otherwise an error).
+        pairs: optional pairs table (``prompt_id, prompt``) for prompt snippets of top changes.
+        top: how many top changed pairs to list.
+
+    Returns:
+        A flat-ish dict (JSON-serialisable) with the pinned keys ``n_old, n_new, added, removed,
+        common, mean_abs_change, max_abs_change, n_changed, category_flips`` and more.
+    """
+    if threshold < 0:
+        raise AuditError(f"--threshold must be >= 0, got {threshold}")
+    panel_old, panel_new = panel(old.frame), panel(new.frame)
+    if panel_old != panel_new and not allow_panel_change:
+        raise AuditError(
+            f"the artifacts come from different teacher panels (old: {', '.join(panel_old) or 'none'}; "
+            f"new: {', '.join(panel_new) or 'none'}); per-teacher columns do not correspond. "
+            "Pass --allow-panel-change to compare a cross-panel column such as "
+            f"{DEFAULT_COLUMN}"
+        )
+    _need(old, column, "beta_")
+    _need(new, column, "beta_")
+    category_column = category_column or default_category_column(old.frame)
+    if category_column is not None:
+        _need(old, category_column, "category_")
+        _need(new, category_column, "category_")
+
+    ids_old, ids_new = set(old.frame["prompt_id"]), set(new.frame["prompt_id"])
+    common = sorted(ids_old & ids_new)
+    o = old.frame.set_index("prompt_id").loc[common]
+    n = new.frame.set_index("prompt_id").loc[common]
+    change = (n[column] - o[column]).astype(float)
+    abs_change = change.abs()
+    changed = abs_change > threshold
+
+    result: dict[str, Any] = {
+        "old": old.label,
+        "new": new.label,
+        "column": column,
+        "threshold": threshold,
+        "n_old": len(ids_old),
+        "n_new": len(ids_new),
+        "added": len(ids_new - ids_old),
+        "removed": len(ids_old - ids_new),
+        "common": len(common),
+        "mean_abs_change": _num(abs_change.mean()) if common else 0.0,
+        "max_abs_change": _num(abs_change.max()) if common else 0.0,
+        "mean_change": _num(change.mean()) if common else 0.0,
+        "abs_change_quantiles": {
+            f"p{q}": _num(abs_change.quantile(q / 100)) if common else 0.0 for q in (50, 90, 99)
+        },
+        "n_changed": int(changed.sum()),
+        "panel_old": panel_old,
+        "panel_new": panel_new,
+        "category_column": category_column,
+    }
+    flips: dict[str, int] = {}
+    matrix: dict[str, dict[str, int]] = {}
+    shift: dict[str, dict[str, Any]] = {}
+    if category_column is not None and common:
+        cat_o, cat_n = o[category_column].astype(str), n[category_column].astype(str)
+        for (a, b), count in pd.crosstab(cat_o, cat_n).stack().items():
+            if count:
+                matrix.setdefault(a, {})[b] = int(count)
+                if a != b:
+                    flips[f"{a}->{b}"] = int(count)
+        for cat, values in change.groupby(cat_o, sort=True):
+            shift[cat] = {"n": len(values), "mean_change": _num(values.mean())}
+    result["category_flips"] = dict(sorted(flips.items()))
+    result["category_matrix"] = matrix
+    result["mean_shift_by_category"] = shift
+
+    order = abs_change.sort_values(ascending=False, kind="mergesort").head(top)
+    prompts = pairs.set_index("prompt_id")["prompt"] if pairs is not None else None
+    result["top_changes"] = [
+        {
+            "prompt_id": pid,
+            "old": _num(o.at[pid, column]),
+            "new": _num(n.at[pid, column]),
+            "change": _num(change.at[pid]),
+            **({"category_old": o.at[pid, category_column], "category_new": n.at[pid, category_column]}
+               if category_column else {}),
+            **({"prompt": _snippet(prompts.get(pid))} if prompts is not None else {}),
+        }
+        for pid in order.index
+        if order.at[pid] > 0
+    ]
+    result["params_old_source"] = old.params_source
+    result["params_new_source"] = new.params_source
+    result["params_diff"] = params_diff(old.params, new.params)
+    return result
+
+
+def params_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Process variables that differ: ``{key: {"old": ..., "new": ...}}`` (missing = None)."""
+    keys = sorted(set(old) | set(new))
+    return {k: {"old": old.get(k), "new": new.get(k)} for k in keys if old.get(k) != new.get(k)}
+
+
+def _num(value: Any) -> float | None:
+    """A plain float rounded to 12 decimals (stable JSON); None for a missing value."""
+    return None if value is None or pd.isna(value) else float(round(float(value), 12))
+
+
+def _snippet(text: Any, width: int = 80) -> str | None:
+    if not isinstance(text, str):
+        return None
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------------------------
+
+
+def render(result: Mapping[str, Any], fmt: str = "text") -> str:
+    """The diff as ``json``, ``markdown`` or plain ``text``."""
+    if fmt == "json":
+        return json.dumps(result, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False, default=_json_default)
+    md = fmt == "markdown"
+    lines = []
+    h = (lambda s: f"## {s}") if md else (lambda s: f"{s}\n{'-' * len(s)}")
+    lines.append(f"# beta artifact diff: {result['old']} -> {result['new']}" if md else
+                 f"beta artifact diff: {result['old']} -> {result['new']}")
+    lines += ["", h("pairs"), _table(md, ["old", "new", "added", "removed", "common"],
+                                     [[result["n_old"], result["n_new"], result["added"], result["removed"], result["common"]]])]
+    q = result["abs_change_quantiles"]
+    lines += ["", h(f"change of {result['column']} (threshold {result['threshold']})"),
+              _table(md, ["mean |change|", "p50", "p90", "p99", "max |change|", "mean change", "n changed"],
+                     [[_fmt(result["mean_abs_change"]), _fmt(q["p50"]), _fmt(q["p90"]), _fmt(q["p99"]),
+                       _fmt(result["max_abs_change"]), _fmt(result["mean_change"]), result["n_changed"]]])]
+    if result["panel_old"] != result["panel_new"]:
+        lines += ["", f"teacher panel changed: {', '.join(result['panel_old'])} -> {', '.join(result['panel_new'])}"]
+    if result["category_column"]:
+        cats = sorted(set(result["category_matrix"]) | {b for row in result["category_matrix"].values() for b in row})
+        rows = [[a, *[result["category_matrix"].get(a, {}).get(b, 0) for b in cats]] for a in cats]
+        lines += ["", h(f"category flips ({result['category_column']}; rows old, columns new)"),
+                  _table(md, ["old \\ new", *cats], rows) if rows else "(no common pairs)"]
+        shift = result["mean_shift_by_category"]
+        lines += ["", h("mean change by old category"),
+                  _table(md, ["category", "n", "mean change"], [[c, v["n"], _fmt(v["mean_change"])] for c, v in shift.items()])]
+    if result["top_changes"]:
+        head = ["prompt_id", "old", "new", "change"] + (["category"] if result["category_column"] else []) + (
+            ["prompt"] if "prompt" in result["top_changes"][0] else [])
+        rows = []
+        for t in result["top_changes"]:
+            row = [t["prompt_id"][:12], _fmt(t["old"]), _fmt(t["new"]), _fmt(t["change"])]
+            if result["category_column"]:
+                row.append(t["category_old"] if t["category_old"] == t["category_new"] else f"{t['category_old']}->{t['category_new']}")
+            if "prompt" in t:
+                row.append(t["prompt"] or "")
+            rows.append(row)
+        lines += ["", h("top changed pairs"), _table(md, head, rows)]
+    pd_ = result["params_diff"]
+    lines += ["", h(f"process variables ({result['params_old_source']} -> {result['params_new_source']})")]
+    lines.append(_table(md, ["key", "old", "new"], [[k, _val(v["old"]), _val(v["new"])] for k, v in pd_.items()])
+                 if pd_ else "(no differences)")
+    return "\n".join(lines) + "\n"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
+def _val(v: Any) -> str:
+    return "—" if v is None else json.dumps(v) if not isinstance(v, str) else v
+
+
+def _table(md: bool, head: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in head]] + [[str(c) for c in r] for r in rows]
+    if md:
+        out = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells[1:]]
+        return "\n".join(out)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)

@@ -1,0 +1,89 @@
+"""``params.yaml`` as typed, frozen dataclasses: one module per section group, one loader.
+
+- :mod:`.base`: field helper and the checked construction of a section from YAML;
+- :mod:`.data`, :mod:`.annotate`, :mod:`.aggregate`, :mod:`.train`, :mod:`.evaluate`: the sections;
+- :mod:`.params`: the section registry, :func:`load`, :func:`defaults` and the reference page.
+
+Import the names from here: ``from sp2dpo.core import config; config.load().train``.
+"""
+
+from sp2dpo.core.config.aggregate import AggregateConfig, BetaConfig, EnvelopeConfig
+from sp2dpo.core.config.annotate import (
+    DECODE_PARAMS,
+    TEACHER_PRESETS,
+    AnnotateConfig,
+    DecodingConfig,
+    PromptsConfig,
+    PromptVariantConfig,
+    TeacherConfig,
+    check_panel,
+)
+from sp2dpo.core.config.base import DEFAULT_PARAMS, build, build_list, flatten, read_yaml
+from sp2dpo.core.config.data import DataConfig, FilterConfig
+from sp2dpo.core.config.evaluate import (
+    AlpacaEvalConfig,
+    EvalConfig,
+    GenerationConfig,
+    IFEvalConfig,
+)
+from sp2dpo.core.config.params import (
+    DEFAULT_TEACHERS,
+    LIST_SECTIONS,
+    SECTIONS,
+    Params,
+    defaults,
+    describe,
+    load,
+    reference_markdown,
+)
+from sp2dpo.core.config.train import (
+    LOSS_TYPES,
+    LoraSettings,
+    LossConfig,
+    MatrixConfig,
+    MethodConfig,
+    StudentConfig,
+    TrainConfig,
+)
+from sp2dpo.core.errors import ConfigError
+
+__all__ = [
+    "DECODE_PARAMS",
+    "DEFAULT_PARAMS",
+    "DEFAULT_TEACHERS",
+    "LIST_SECTIONS",
+    "LOSS_TYPES",
+    "SECTIONS",
+    "TEACHER_PRESETS",
+    "AggregateConfig",
+    "AlpacaEvalConfig",
+    "AnnotateConfig",
+    "BetaConfig",
+    "ConfigError",
+    "DataConfig",
+    "DecodingConfig",
+    "EnvelopeConfig",
+    "EvalConfig",
+    "FilterConfig",
+    "GenerationConfig",
+    "IFEvalConfig",
+    "LoraSettings",
+    "LossConfig",
+    "MatrixConfig",
+    "MethodConfig",
+    "Params",
+    "PromptVariantConfig",
+    "PromptsConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "build",
+    "build_list",
+    "check_panel",
+    "defaults",
+    "describe",
+    "flatten",
+    "load",
+    "read_yaml",
+    "reference_markdown",
+]

@@ -1,0 +1,66 @@
+"""What every entry point shares: logging, the error guard, the stage runner, JSON printing.
+
+The ``sp2dpo`` command (:mod:`sp2dpo.cli`) and the DVC stage scripts (``stages/*.py``) are the
+only places that parse arguments; both run their work through :func:`guarded`, so an expected
+failure (a :class:`~sp2dpo.core.errors.UserError`, a ``ValueError`` or a missing file) prints one
+``sp2dpo: error: ...`` line and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sp2dpo.core.errors import UserError
+
+#: Exit status for expected, explained failures.
+EXIT_USAGE = 2
+
+#: What :func:`guarded` reports in one line instead of a traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Plain ``LEVEL name: message`` logging on stderr (idempotent)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    root.setLevel(level)
+
+
+def guarded(fn: Callable[[], Any]) -> int:
+    """Run ``fn``; turn an expected error into one clear line on stderr and exit status 2.
+
+    ``fn`` may return an ``int`` exit status (e.g. a CI gate); anything else means success.
+    """
+    try:
+        status = fn()
+    except EXPECTED_ERRORS as exc:
+        print(f"sp2dpo: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+def run_stage(fn: Callable[..., Any], *, usage: str = "", nargs: int = 0) -> None:
+    """Entry point of a ``stages/*.py`` script: ``nargs`` positional arguments from the command
+    line (``usage`` names them), logging, clean errors, exit status.
+
+    A stage's library function returns data (its metrics), never an exit status.
+    """
+    args = sys.argv[1:]
+    if len(args) != nargs:
+        sys.exit(f"usage: {usage or sys.argv[0]}")
+    setup_logging()
+
+    def call() -> None:
+        fn(*args)
+
+    sys.exit(guarded(call))
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as indented, key-sorted JSON (the ``--json`` output of every subcommand)."""
+    print(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, ))

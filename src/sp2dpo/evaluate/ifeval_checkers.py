@@ -1,0 +1,108 @@
+"""IFEval's checkers, run offline and deterministically (see :mod:`sp2dpo.evaluate.ifeval`):
+Punkt routed to the packaged English model, ``langdetect`` and ``random`` seeded, the checker
+registry of ``if-verifiable``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from sp2dpo.evaluate import punkt
+
+#: Seed handed to ``langdetect`` while scoring (its documented way to be deterministic).
+LANGDETECT_SEED = 0
+
+# Scoring patches module globals (nltk, if_verifiable, langdetect, random); one scorer at a time.
+LOCK = punkt.LOCK
+
+
+@contextlib.contextmanager
+def offline_punkt() -> Iterator[Any]:
+    """:func:`sp2dpo.evaluate.punkt.offline_english_punkt`, plus if-verifiable's own sentence
+    splitter (``instructions_util._get_sentence_tokenizer``, used by
+    ``length_constraints:number_sentences``) routed to the same tokenizer; restored on exit.
+
+    Yields:
+        The offline ``PunktSentenceTokenizer``.
+
+    Raises:
+        PunktUnavailableError: the Punkt parameters are missing (raised on entry).
+    """
+    with punkt.offline_english_punkt() as tokenizer, contextlib.ExitStack() as stack:
+        util = _instructions_util()
+        stack.enter_context(punkt.patched(util, "_get_sentence_tokenizer", lambda: tokenizer))
+        yield tokenizer
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """Seed langdetect; keep the global ``random`` state as it was (see :func:`_seed_for`)."""
+    from langdetect import detector_factory
+
+    with LOCK:
+        detector_factory.init_factory()  # loads the bundled language profiles, no network
+        factory = detector_factory._factory
+        had_seed = "seed" in vars(factory)
+        saved_seed = vars(factory).get("seed")
+        state = random.getstate()
+        factory.seed = LANGDETECT_SEED
+        try:
+            yield
+        finally:
+            random.setstate(state)
+            if had_seed:
+                factory.seed = saved_seed
+            else:
+                del factory.seed
+
+
+def seed_for(key: int, index: int, instruction_id: str) -> None:
+    # A checker draws from the global `random` only for arguments it lacks or rejects (the two
+    # official letter_frequency prompts with letter '#' / '!'); make that draw reproducible.
+    random.seed(f"sp2dpo-ifeval:{key}:{index}:{instruction_id}")
+
+
+@functools.cache
+def _instructions_util() -> Any:
+    with punkt.no_downloads():
+        from if_verifiable.ifeval import instructions_util
+    return instructions_util
+
+
+@functools.cache
+def registry() -> Mapping[str, Any]:
+    """``if_verifiable``'s IFEval checker classes by instruction id (imported once, no download)."""
+    with punkt.no_downloads():
+        from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+    return INSTRUCTION_DICT
+
+
+@functools.cache
+def loose_transformations() -> Any:
+    with punkt.no_downloads():
+        from if_verifiable.common import get_loose_transformations
+    return get_loose_transformations
+
+
+def supported_instructions() -> tuple[str, ...]:
+    """Instruction ids ``if-verifiable`` can check, sorted."""
+    return tuple(sorted(registry()))
+
+
+def build_checker(instruction_id: str, kwargs: Mapping[str, Any], prompt: str) -> Any:
+    # As Google's evaluation_lib: drop None-valued kwargs, then re-build with the prompt for the
+    # checkers whose arguments include it.
+    checker = registry()[instruction_id](instruction_id)
+    checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
+    args = checker.get_instruction_args()
+    if args and "prompt" in args:
+        checker.build_description(prompt=prompt)
+    return checker
+
+
+def follows(checker: Any, text: str) -> bool:
+    return bool(text.strip() and checker.check_following(text))

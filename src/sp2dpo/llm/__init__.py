@@ -1,0 +1,12 @@
+"""Layer 2, the LLMs: what the teachers (``annotate``) and the judge (``evaluate``) share.
+
+- :mod:`~sp2dpo.llm.models`: packaged small models (GGUF from PyPI, converted once) and loading
+  any model spec at a pinned revision;
+- :mod:`~sp2dpo.llm.client`: the OpenAI-compatible HTTP client (provider presets, one attempt,
+  rate limits, key hygiene);
+- :mod:`~sp2dpo.llm.local`: the in-process scorer that answers by log-probabilities;
+- :mod:`~sp2dpo.llm.parse`: parsing a semantic-gap reply;
+- :mod:`~sp2dpo.llm.teachers`: one retry-and-backoff loop over either backend.
+
+Importing this package loads nothing (no torch, no requests); import the module you need.
+"""

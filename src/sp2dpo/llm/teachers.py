@@ -1,0 +1,283 @@
+"""A teacher of the panel: one backend (HTTP or in-process) behind one retry-and-parse loop.
+
+Both backends produce reply *text*; :meth:`Teacher.judge` parses it with
+:func:`sp2dpo.llm.parse.parse_judgement`, so statuses, the call log and the call table are
+the same whichever backend answered. Retries: transient failures (429, 5xx, timeouts, connection
+errors, malformed bodies) and invalid outputs are retried up to ``decoding.max_retries`` times
+with exponential backoff and jitter, never sooner than a server's ``Retry-After``; a content
+filter is final at once; an auth error raises :class:`~sp2dpo.llm.client.AuthError`.
+The local backend is deterministic, so its invalid outputs are not retried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
+from sp2dpo.llm import local
+from sp2dpo.llm.client import Attempt, AuthError, OpenAICompatibleClient, request_fields
+from sp2dpo.llm.local import LocalJudge
+from sp2dpo.llm.parse import parse_judgement
+
+#: One local model computes at a time: the CPU is shared and models are not thread-safe.
+_LOCAL_LOCK = threading.Lock()
+
+
+class Backend(Protocol):
+    """What a backend provides: one attempt at a reply, and request-level settings."""
+
+    retries_invalid: bool
+
+    def send(self, messages: list[dict[str, str]]) -> Attempt: ...
+
+
+@dataclasses.dataclass
+class CallResult:
+    """The final outcome of one call, after retries."""
+
+    status: str
+    category: str | None = None
+    magnitude: float | None = None
+    confidence: float | None = None
+    text: str | None = None
+    raw: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    latency_s: float | None = None
+    elapsed_s: float = 0.0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    http_status: int | None = None
+    response_model: str | None = None
+    fingerprint: str | None = None
+    finish_reason: str | None = None
+
+
+def signature(teacher: TeacherConfig, decoding: DecodingConfig) -> dict[str, Any]:
+    """The request signature that enters the call-cache key (no secrets, no endpoint URL)."""
+    if teacher.backend == "local":
+        return {
+            "backend": "local",
+            "seed": decoding.seed,
+            "dtype": teacher.dtype,
+            "max_input_tokens": teacher.max_input_tokens,
+            "revision": teacher.revision,
+            "scorer_sha256": _local_scorer_sha256(),
+        }
+    return {"backend": "openai", **request_fields(teacher, decoding)}
+
+
+def _local_scorer_sha256() -> str:
+    """sha256 of the local scorer's source: a change to it re-annotates local teachers."""
+    return hashlib.sha256(Path(local.__file__).read_bytes()).hexdigest()
+
+
+class LocalBackend:
+    """The in-process backend: wraps :class:`sp2dpo.llm.local.LocalJudge` (loaded lazily)."""
+
+    retries_invalid = False
+
+    def __init__(self, teacher: TeacherConfig, decoding: DecodingConfig) -> None:
+        self.teacher = teacher
+        self.seed = decoding.seed
+        self._judge: Any = None
+
+    def _load(self) -> Any:
+        if self._judge is None:
+            self._judge = LocalJudge(
+                self.teacher.model,
+                revision=self.teacher.revision,
+                dtype=self.teacher.dtype,
+                max_input_tokens=self.teacher.max_input_tokens,
+            )
+        return self._judge
+
+    def send(self, messages: list[dict[str, str]]) -> Attempt:
+        with _LOCAL_LOCK:
+            judge = self._load()
+            start = time.monotonic()
+            try:
+                out = judge.judge(messages, seed=self.seed)
+            except ValueError as exc:  # e.g. max_input_tokens too small for the rubric
+                raise ConfigError(f"teacher {self.teacher.id!r}: {exc}") from None
+            latency = time.monotonic() - start
+        return Attempt(
+            "reply",
+            text=out.text,
+            raw=out.text,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+            response_model=self.teacher.model,
+            latency_s=latency,
+        )
+
+
+class HttpBackend:
+    """The OpenAI-compatible backend, with the teacher's rate limiter in front of each request."""
+
+    retries_invalid = True
+
+    def __init__(self, teacher: TeacherConfig, decoding: DecodingConfig, chars_per_token: float) -> None:
+        self.client = OpenAICompatibleClient(teacher, decoding)
+        self.max_tokens = decoding.max_tokens
+        self.chars_per_token = chars_per_token
+        self.stop: threading.Event | None = None
+
+    def send(self, messages: list[dict[str, str]]) -> Attempt:
+        chars = sum(len(m["content"]) for m in messages)
+        if not self.client.limiter.acquire(int(chars / self.chars_per_token) + self.max_tokens, self.stop):
+            return Attempt("aborted")
+        return self.client.send(messages)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetriedCall:
+    """The final attempt of :meth:`Teacher.call`, how many were made, and the summed tokens."""
+
+    attempt: Attempt
+    attempts: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class Teacher:
+    """One teacher: its config, backend and retry policy.
+
+    Args:
+        cfg: the teacher's config.
+        decoding: decoding and API-call settings (retry budget, backoff).
+        chars_per_token: prompt-size heuristic for the tpm limiter.
+        backend: inject a backend (tests); default: built from ``cfg.backend``.
+    """
+
+    def __init__(
+        self,
+        cfg: TeacherConfig,
+        decoding: DecodingConfig,
+        *,
+        chars_per_token: float = 4.0,
+        backend: Backend | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.decoding = decoding
+        if backend is None:
+            backend = (
+                LocalBackend(cfg, decoding)
+                if cfg.backend == "local"
+                else HttpBackend(cfg, decoding, chars_per_token)
+            )
+        self.backend = backend
+        self._rng = random.Random()
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry number ``attempt + 1``: base * 2^attempt with jitter in
+        [50%, 100%], capped; never less than the server's Retry-After (itself capped)."""
+        d = self.decoding
+        delay = min(d.backoff_max_s, d.backoff_base_s * 2**attempt) * self._rng.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, d.retry_after_max_s))
+        return delay
+
+    def call(
+        self,
+        messages: list[dict[str, str]],
+        stop: threading.Event,
+        *,
+        retry_reply: Callable[[Attempt], bool] = lambda attempt: False,
+        role: str = "teacher",
+        auth_hint: str = "",
+    ) -> RetriedCall | None:
+        """Send ``messages`` until an attempt is final, backing off between retries.
+
+        An attempt is final when it is a reply that ``retry_reply`` accepts, an error that is
+        not retryable, or the last of ``1 + max_retries``. Token counts add up over attempts.
+
+        Returns:
+            The final attempt with its counts; None when ``stop`` was set first.
+
+        Raises:
+            AuthError: the endpoint rejected the key (``role`` and ``auth_hint`` word the message).
+        """
+        if isinstance(self.backend, HttpBackend):
+            self.backend.stop = stop
+        prompt_tokens = completion_tokens = None
+        budget = self.decoding.max_retries
+        for attempt_no in range(budget + 1):
+            if stop.is_set():
+                return None
+            attempt = self.backend.send(messages)
+            if attempt.status == "aborted":
+                return None
+            prompt_tokens = add_counts(prompt_tokens, attempt.prompt_tokens)
+            completion_tokens = add_counts(completion_tokens, attempt.completion_tokens)
+            if attempt.status == "auth_error":
+                env = self.cfg.api_key_env or "(no api_key_env configured)"
+                raise AuthError(
+                    f"{role} {self.cfg.id!r} ({self.cfg.model}): the endpoint rejected the API key "
+                    f"from environment variable {env} ({attempt.error}){auth_hint}"
+                )
+            retryable = retry_reply(attempt) if attempt.status == "reply" else attempt.retryable
+            if not retryable or attempt_no == budget:
+                return RetriedCall(attempt, attempt_no + 1, prompt_tokens, completion_tokens)
+            if stop.wait(self.backoff(attempt_no, attempt.retry_after)):
+                return None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def judge(self, messages: list[dict[str, str]], stop: threading.Event) -> CallResult | None:
+        """Call until a final status (an invalid judgement is retried where the backend allows);
+        None when ``stop`` was set before the call finished.
+
+        Raises:
+            AuthError: the endpoint rejected the key (or the backend reported an auth failure).
+        """
+        started = time.monotonic()
+        done = self.call(
+            messages,
+            stop,
+            retry_reply=lambda a: self.backend.retries_invalid and parse_judgement(a.text).status != "ok",
+            auth_hint="; fix the key and re-run: finished calls are cached",
+        )
+        if done is None:
+            return None
+        attempt = done.attempt
+        result = CallResult(
+            status=attempt.status,
+            text=attempt.text,
+            raw=attempt.raw,
+            error=attempt.error,
+            attempts=done.attempts,
+            latency_s=attempt.latency_s,
+            http_status=attempt.http_status,
+            response_model=attempt.response_model,
+            fingerprint=attempt.fingerprint,
+            finish_reason=attempt.finish_reason,
+        )
+        if attempt.status == "reply":
+            parsed = parse_judgement(attempt.text)
+            result.status, result.error = parsed.status, parsed.error
+            if parsed.status == "ok":
+                result.category = parsed.category
+                result.magnitude = parsed.magnitude
+                result.confidence = parsed.confidence
+        result.prompt_tokens, result.completion_tokens = done.prompt_tokens, done.completion_tokens
+        result.elapsed_s = time.monotonic() - started
+        return result
+
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+        """USD cost of the given token counts at this teacher's prices."""
+        return ((prompt_tokens or 0) * self.cfg.price_in_per_m
+                + (completion_tokens or 0) * self.cfg.price_out_per_m) / 1e6
+
+
+def add_counts(total: int | None, value: int | None) -> int | None:
+    """Sum of token counts where either may be unknown (None)."""
+    if value is None:
+        return total
+    return value if total is None else total + value

@@ -1,0 +1,79 @@
+"""The Table-2-style results: combining per-student eval reports, markdown layout, plot files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sp2dpo.report import results
+
+
+def _entry(lc, wr, strict=0.5):
+    return {
+        "alpaca_eval": {
+            "length_controlled_winrate": lc, "win_rate": wr, "standard_error": 1.0,
+            "discrete_win_rate": wr, "avg_length": 100, "n_total": 8,
+            "length_controlled_method": "offline-estimate",
+        },
+        "ifeval": {"prompt_level_strict_acc": strict, "inst_level_strict_acc": 0.75,
+                   "prompt_level_loose_acc": 0.625, "inst_level_loose_acc": 0.8},
+    }
+
+
+def _write(folder, student, methods, lc_method="offline-estimate:length-only-glm"):
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {"student": student, "methods": methods, "length_controlled_method": lc_method,
+              "judge": {"model": "local:gemma3-270m"}}
+    (folder / f"{student}.json").write_text(json.dumps(report))
+
+
+def test_table_follows_the_papers_layout(tmp_path):
+    folder = tmp_path / "reports" / "eval"
+    _write(folder, "smollm2", {"sp2dpo": _entry(12.5, 10.0), "base": _entry(4.81, 16.65),
+                               "dpo": _entry(None, 18.0), "rand_beta": _entry(6.0, 19.25)})
+    _write(folder, "gemma3", {"base": _entry(38.96, 54.97, strict=0.25)})
+    combined = results.write_results(tmp_path / "reports")
+
+    assert list(combined) == ["gemma3", "smollm2"]  # sorted by student
+    assert combined["smollm2"]["methods"]["base"]["ifeval_prompt_level_strict_acc"] == 50.0
+    md = (tmp_path / "reports" / "eval.md").read_text()
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| Method | gemma3 LC"))
+    assert header == "| Method | gemma3 LC | gemma3 WR | smollm2 LC | smollm2 WR |"
+    rows = [line for line in lines if line.startswith("| ") and " LC " not in line][:4]
+    # Base, Rand-beta, DPO, SP2DPO: the paper's row order; missing cells are dashes.
+    assert rows[0] == "| Base (instruction-tuned) | 38.96 | 54.97 | 4.81 | 16.65 |"
+    assert rows[1].startswith("| Rand-β_i") and rows[1].endswith("| — | — | 6.00 | 19.25 |")
+    assert rows[2].startswith("| DPO") and rows[2].endswith("| — | — | — | 18.00 |")
+    assert rows[3].startswith("| SP²DPO") and rows[3].endswith("| 12.50 | 10.00 |")
+    assert "offline estimate" in md
+    assert "| Base (instruction-tuned) | gemma3 | 25.00 | 75.00 | 62.50 | 80.00 |" in md
+
+    csv = (tmp_path / "reports" / "eval_plot.csv").read_text().splitlines()
+    assert csv[0] == "student,method,metric,label,value"
+    assert "smollm2,dpo,WR,smollm2/dpo/WR,18.0" in csv
+    assert not any(line.startswith("smollm2,dpo,LC") for line in csv)  # no value, no bar
+    png = (tmp_path / "reports" / "eval_plot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "reports" / "eval.json").read_text()) == combined
+
+
+def test_rerun_is_byte_identical(tmp_path):
+    folder = tmp_path / "reports" / "eval"
+    _write(folder, "smollm2", {"base": _entry(5.0, 6.0)})
+    results.write_results(tmp_path / "reports")
+    first = {p.name: p.read_bytes() for p in (tmp_path / "reports").rglob("*") if p.is_file()}
+    results.write_results(tmp_path / "reports")
+    second = {p.name: p.read_bytes() for p in (tmp_path / "reports").rglob("*") if p.is_file()}
+    assert first == second
+
+
+def test_bad_reports_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no eval reports"):
+        results.write_results(tmp_path / "reports")
+    folder = tmp_path / "reports" / "eval"
+    folder.mkdir(parents=True)
+    (folder / "x.json").write_text(json.dumps({"oops": 1}))
+    with pytest.raises(ValueError, match=r"x\.json: not an eval report"):
+        results.write_results(tmp_path / "reports")

@@ -21,7 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: The 500-row HuggingFaceH4/ultrafeedback_binarized train_prefs sample tracked by data.dvc.
 H4_SAMPLE = ROOT / "data" / "raw" / "uf_binarized_h4_train_prefs_500.jsonl.gz"
-#: AlpacaEval 2.0 and IFEval files tracked by evalsets.dvc (data/PROVENANCE.md).
+#: AlpacaEval 2.0 and IFEval files tracked by evalsets.dvc (docs/data.md).
 EVALSETS = ROOT / "data" / "evalsets"
 
 

@@ -34,3 +34,39 @@ def test_errors_are_one_line_with_exit_status_2(tmp_path, capsys):
     params.write_text(yaml.safe_dump({"data": {"limmit": 3}}))
     assert cli.main(["fetch", "--params", str(params)]) == 2
     assert "unknown key(s) limmit" in capsys.readouterr().err
+
+
+def test_side_reports_follow_out_and_never_touch_the_pipelines_reports(tmp_path, monkeypatch, capsys):
+    """`sp2dpo aggregate --out elsewhere/x.csv` run from a project root writes its reports beside
+    the artifact; the tracked reports/ are left as they were."""
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        {"prompt_id": f"p{i}", "annotator": a, "variant": v, "category": "Style",
+         "magnitude": 0.5, "confidence": 0.5, "status": "ok"}
+        for i in range(3) for a in ("a", "b") for v in ("v1", "v2")
+    ]
+    pd.DataFrame(rows).to_csv("calls.csv", index=False)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "aggregate.json").write_text("tracked")
+    assert cli.main(["aggregate", "--calls", "calls.csv", "--out", "elsewhere/x.csv"]) == 0
+    assert (tmp_path / "reports" / "aggregate.json").read_text() == "tracked"
+    assert (tmp_path / "elsewhere" / "x.csv").is_file()
+    assert json.loads((tmp_path / "elsewhere" / "aggregate.json").read_text())["pairs"]["kept"] == 3
+    assert len(list((tmp_path / "elsewhere" / "aggregate").glob("*.png"))) == 5
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["aggregate.json"]
+    capsys.readouterr()
+
+
+def test_stage_subcommands_take_their_paths_as_flags():
+    parser = cli.make_parser()
+    train = parser.parse_args(["train", "smollm2", "sp2dpo", "--pairs", "p.parquet", "--beta", "b.csv",
+                               "--out", "runs/x", "--report", "r.json", "--curve", "c.csv"])
+    assert (train.pairs, train.beta, train.out, train.report, train.curve) == (
+        "p.parquet", "b.csv", "runs/x", "r.json", "c.csv")
+    annotate = parser.parse_args(["annotate"])
+    assert (annotate.pairs, annotate.out) == ("data/pairs/filtered.parquet", "data/annotate/calls.parquet")
+    evaluate = parser.parse_args(["eval", "smollm2", "--adapters", "m", "--out", "o", "--report", "r.json"])
+    assert (evaluate.adapters, evaluate.out, evaluate.report) == ("m", "o", "r.json")
+    assert parser.parse_args(["report", "--reports", "x"]).reports == "x"

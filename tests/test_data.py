@@ -60,7 +60,7 @@ def _hand_counts(path: Path) -> dict:
 
 def test_filter_counts_on_h4_sample_are_exact(h4_sample):
     hand = _hand_counts(h4_sample)
-    # PROVENANCE.md: 0 duplicates, empty chosen at row 50, empty rejected at row 424,
+    # docs/data.md: 0 duplicates, empty chosen at row 50, empty rejected at row 424,
     # identical replies at row 295.
     assert hand == {"rows": 500, "dup": 0, "empty_c": 1, "empty_r": 1, "empty_p": 0, "identical": 1}
 

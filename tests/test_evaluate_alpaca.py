@@ -75,7 +75,7 @@ def test_real_annotations_read_and_match_the_reference(evalsets, reference, mode
     assert frame["preference"].dtype == np.float64
     assert frame["preference"].between(1, 2).all()
     assert list(frame.columns[:8]) == list(alpaca.ANNOTATION_KEYS[:8])
-    # The shipped annotations are in AlpacaEval order (PROVENANCE.md 2b).
+    # The shipped annotations are in AlpacaEval order (docs/data.md).
     index = alpaca.match_reference(frame, reference, str(path))
     assert index.tolist() == list(range(805))
 

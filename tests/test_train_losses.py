@@ -1,4 +1,4 @@
-"""Tests for sp2dpo.losses: every registered loss, the per-pair beta, and Prop. 1 of the paper."""
+"""Tests for sp2dpo.train.losses: every registered loss, the per-pair beta, and Prop. 1 of the paper."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The beta artifact: every estimator of the paper (and the configured optional ones) as columns.
 
-Column layout (ARCHITECTURE.md pins the first block; ``A`` = annotator, ``vK`` = variant):
+Column layout (the first block is pinned: other tools read these names; ``A`` = annotator, ``vK`` = variant):
 
 1. ``prompt_id, prompt_variant_count``;
 2. per annotator, per variant (SA): ``category_A_vK, magnitude_A_vK, confidence_A_vK,

@@ -163,7 +163,7 @@ BETA_EXTRA_PATTERNS: tuple[str, ...] = (
 
 
 def beta_artifact_columns(annotators: Sequence[str], variants: Sequence[str]) -> list[str]:
-    """The pinned leading columns of the beta artifact for a panel, in order (ARCHITECTURE.md).
+    """The pinned leading columns of the beta artifact for a panel, in order (pinned: other tools read these names).
 
     >>> beta_artifact_columns(["q"], ["v1"])[:4]
     ['prompt_id', 'prompt_variant_count', 'category_q_v1', 'magnitude_q_v1']

@@ -96,7 +96,7 @@ def markdown(combined: dict[str, Any]) -> str:
         "AlpacaEval 2.0: length-controlled win rate (LC%) and raw win rate (WR%) against the "
         "gpt4_1106_preview reference, judged by " + ", ".join(f"`{j}`" for j in judges) + ".",
         "LC method: " + ", ".join(f"`{n}`" for n in lc_notes)
-        + (" (an offline estimate, not the official LC: see README)" if any("offline" in n for n in lc_notes) else "")
+        + (" (an offline estimate, not the official LC: see docs/stages.md, eval)" if any("offline" in n for n in lc_notes) else "")
         + ".",
         "",
     ]

@@ -46,7 +46,7 @@ def _fp32(*tensors: torch.Tensor) -> list[torch.Tensor]:
 def sigmoid(chosen_logratios, rejected_logratios, beta, cfg, *, chosen_lengths=None, rejected_lengths=None):
     """DPO / SP2DPO: ``-log sigmoid(beta_i * Delta_i)``, Delta_i = rho(y_w) - rho(y_l).
 
-    SP2DPO paper (000_bb5b10a6ab2fe2c1) §4.2, eq. 5; with every beta_i = c it is DPO (Rafailov et
+    SP2DPO paper §4.2, eq. 5; with every beta_i = c it is DPO (Rafailov et
     al. 2023, eq. 7) with beta = c, i.e. TRL's ``loss_type="sigmoid"``.
 
     Example:
@@ -90,7 +90,7 @@ def hinge(chosen_logratios, rejected_logratios, beta, cfg, *, chosen_lengths=Non
 
 
 def dpo_margin(chosen_logratios, rejected_logratios, beta, cfg, *, chosen_lengths=None, rejected_lengths=None):
-    """DPO with a fixed margin in reward units (DPO-PoP paper 003, §2.3 eq. 4, "DPO-margin-1").
+    """DPO with a fixed margin in reward units (DPO-PoP paper, §2.3 eq. 4, "DPO-margin-1").
 
     ``-log sigmoid(beta_i Delta_i - m)``, m = ``cfg.margin``; m = 0 gives :func:`sigmoid`.
     """

@@ -126,7 +126,7 @@ def load(path: str | Path = DEFAULT_PARAMS, *, sections: list[str] | None = None
     return Params(sections=built, raw=raw)
 
 def describe(cls: type) -> list[tuple[str, Any, str]]:
-    """``(key, default, help)`` for every field of a section: the source of README tables."""
+    """``(key, default, help)`` for every field of a section: the source of docs/params.md."""
     rows = []
     for f in dataclasses.fields(cls):
         if not f.init:

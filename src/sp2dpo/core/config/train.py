@@ -12,7 +12,7 @@ from sp2dpo.core.errors import ConfigError
 #: Stage-name-safe identifiers (students and methods name DVC stages `train@<student>-<method>`).
 _TRAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.]*$"
 
-#: Registered loss variants (mirrors ``sp2dpo.losses.LOSSES``; a test checks they agree).
+#: Registered loss variants (mirrors ``sp2dpo.train.losses.LOSSES``; a test checks they agree).
 LOSS_TYPES = ("sigmoid", "robust", "cdpo", "hinge", "dpo_margin", "ipo")
 
 
@@ -95,7 +95,7 @@ class MethodConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """The loss variant (``sp2dpo.losses.LOSSES``) and its knobs."""
+    """The loss variant (``sp2dpo.train.losses.LOSSES``) and its knobs."""
 
     type: Literal["sigmoid", "robust", "cdpo", "hinge", "dpo_margin", "ipo"] = field(
         "sigmoid", "Loss variant: sigmoid (DPO/SP2DPO), robust, cdpo, hinge, dpo_margin, ipo."

@@ -1,5 +1,7 @@
 """DVC stage `aggregate`: teacher call table -> per-pair beta artifact CSV + reports."""
 
+import sys
+
 from sp2dpo import aggregate
 from sp2dpo.core import config
 from sp2dpo.core.entry import run_stage
@@ -11,4 +13,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, sys.argv[1:])

@@ -1,5 +1,7 @@
 """DVC stage `annotate`: teachers x prompt variants label each filtered pair's semantic gap."""
 
+import sys
+
 from sp2dpo import annotate
 from sp2dpo.core import config
 from sp2dpo.core.entry import run_stage
@@ -12,4 +14,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, sys.argv[1:])

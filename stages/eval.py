@@ -3,6 +3,8 @@
 Usage: python stages/eval.py STUDENT
 """
 
+import sys
+
 from sp2dpo import evaluate
 from sp2dpo.core import config
 from sp2dpo.core.entry import run_stage
@@ -15,4 +17,4 @@ def main(student: str) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, usage="python stages/eval.py STUDENT", nargs=1)
+    run_stage(main, sys.argv[1:], usage="python stages/eval.py STUDENT")

@@ -1,5 +1,7 @@
 """DVC stage `fetch`: raw pairs (Hub at a pinned revision, or a local snapshot) -> canonical table."""
 
+import sys
+
 from sp2dpo import data
 from sp2dpo.core import config
 from sp2dpo.core.entry import run_stage
@@ -10,4 +12,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, sys.argv[1:])

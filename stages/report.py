@@ -1,5 +1,7 @@
 """DVC stage `report`: the Table-2-style results (reports/eval.*) and the reports index."""
 
+import sys
+
 from sp2dpo import report
 from sp2dpo.core.entry import run_stage
 
@@ -9,4 +11,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, sys.argv[1:])

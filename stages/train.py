@@ -3,6 +3,8 @@
 Usage: python stages/train.py STUDENT METHOD   (also under `accelerate launch`: `train.launcher`)
 """
 
+import sys
+
 from sp2dpo import train
 from sp2dpo.core import config
 from sp2dpo.core.entry import run_stage
@@ -15,4 +17,4 @@ def main(student: str, method: str) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, usage="python stages/train.py STUDENT METHOD", nargs=2)
+    run_stage(main, sys.argv[1:], usage="python stages/train.py STUDENT METHOD")

@@ -8,10 +8,11 @@ failure (a :class:`~sp2dpo.core.errors.UserError`, a ``ValueError`` or a missing
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sp2dpo.core.errors import UserError
@@ -44,15 +45,16 @@ def guarded(fn: Callable[[], Any]) -> int:
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
-def run_stage(fn: Callable[..., Any], *, usage: str = "", nargs: int = 0) -> None:
-    """Entry point of a ``stages/*.py`` script: ``nargs`` positional arguments from the command
-    line (``usage`` names them), logging, clean errors, exit status.
+def run_stage(fn: Callable[..., Any], args: Sequence[str] = (), *, usage: str = "") -> None:
+    """Entry point of a ``stages/*.py`` script: ``fn(*args)`` with logging, clean errors and the
+    exit status. ``args`` are the script's positional arguments (``sys.argv[1:]``); a wrong count
+    exits with ``usage``.
 
     A stage's library function returns data (its metrics), never an exit status.
     """
-    args = sys.argv[1:]
-    if len(args) != nargs:
-        sys.exit(f"usage: {usage or sys.argv[0]}")
+    expected = len(inspect.signature(fn).parameters)
+    if len(args) != expected:
+        sys.exit(f"usage: {usage}" if usage else f"expected {expected} argument(s), got {len(args)}")
     setup_logging()
 
     def call() -> None:

@@ -32,7 +32,8 @@ CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 from sp2dpo.core import config
-from sp2dpo.aggregate import read_calls, screen, beta_table, validate_artifact, reports
+from sp2dpo.aggregate import beta_table, read_calls, reports, screen
+from sp2dpo.core.beta import validate_artifact
 from sp2dpo.aggregate.table import write_csv
 t_import = time.perf_counter() - t0
 calls_path, out_csv, report_dir = sys.argv[1:4]
@@ -51,7 +52,7 @@ calls = timed("read", lambda: read_calls(calls_path))
 s = timed("screen", lambda: screen(calls, calls_path))
 frame, info = timed("estimators", lambda: beta_table(s.panel, agg, beta))
 anns, variants = s.panel.annotators, s.panel.variants
-timed("validate", lambda: validate_artifact(frame, anns, variants, beta.min, beta.max, agg=agg))
+timed("validate", lambda: validate_artifact(frame, anns, variants, beta.min, beta.max))
 timed("write_csv", lambda: write_csv(frame, out_csv))
 wall["artifact_total"], cpu["artifact_total"] = sum(wall.values()), sum(cpu.values())
 

@@ -56,9 +56,14 @@ def synthetic_records(rows: int, seed: int = 0) -> list[dict]:
 
 def time_fetch_filter(path: Path, workdir: Path) -> dict:
     start = time.perf_counter()
-    fetch_summary = data.run_fetch(DataConfig(path=str(path)), workdir / "fetched.parquet", workdir / "fetch.json")
+    fetch_summary = data.run_fetch(
+        DataConfig(path=str(path)), data.FetchPaths(workdir / "fetched.parquet", workdir / "fetch.json")
+    )
     mid = time.perf_counter()
-    counts = data.run_filter(FilterConfig(), workdir / "fetched.parquet", workdir / "filtered.parquet", workdir / "filter.json")
+    counts = data.run_filter(
+        FilterConfig(),
+        data.FilterPaths(workdir / "fetched.parquet", workdir / "filtered.parquet", workdir / "filter.json"),
+    )
     end = time.perf_counter()
     return {
         "format": "".join(path.suffixes),

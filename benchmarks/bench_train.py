@@ -35,6 +35,7 @@ from trl import DPOConfig, DPOTrainer
 from sp2dpo import train
 from sp2dpo.core import artifacts, schemas
 from sp2dpo.llm import models
+from sp2dpo.train.dataset import to_preference_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +76,7 @@ def _sync() -> None:
 
 def step_ratio(model, tok, frame: pd.DataFrame, steps: int, max_length: int, tmp: str) -> dict:
     beta = 0.1
-    data = train.to_preference_dataset(train.attach_beta(frame, beta))
+    data = to_preference_dataset(train.attach_beta(frame, beta))
     ours = train.PerPairBetaTrainer(model=copy.deepcopy(model), args=_args(f"{tmp}/a", True, max_length, steps),
                                     train_dataset=data, processing_class=tok, peft_config=_lora())
     trl = DPOTrainer(model=copy.deepcopy(model), args=_args(f"{tmp}/b", True, max_length, steps, beta=beta),
@@ -121,7 +122,7 @@ def epoch_precompute(model, tok, frame: pd.DataFrame, max_length: int, tmp: str,
     for r in range(repeats):
         for precompute in ((True, False) if r % 2 == 0 else (False, True)):
             # A fresh fingerprint per epoch, so no epoch reuses cached reference log-probs.
-            data = train.to_preference_dataset(frame_beta).add_column("run", [f"{r}-{precompute}"] * len(frame_beta))
+            data = to_preference_dataset(frame_beta).add_column("run", [f"{r}-{precompute}"] * len(frame_beta))
             _sync()
             start = time.perf_counter()
             trainer = train.PerPairBetaTrainer(

@@ -310,7 +310,7 @@ def test_dvc_plots_show_renders_offline_in_headless_chromium(tmp_path):
     repo = copy_project(tmp_path / "repo")
     node_modules = node_modules_for(repo)
     run(
-        [PYTHON, "-m", "sp2dpo.report.plots_html", "--node-modules", str(node_modules), "-o", TEMPLATE],
+        [PYTHON, "-m", "sp2dpo.cli", "plots-template", "--node-modules", str(node_modules), "-o", TEMPLATE],
         cwd=repo,
     )
 

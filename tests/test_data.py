@@ -272,3 +272,32 @@ def test_unreachable_hub_fails_in_one_clear_sentence(monkeypatch, tmp_path):
     message = str(info.value)
     assert "HuggingFaceH4/ultrafeedback_binarized@3949bf5f8c17" in message
     assert "data.source: local" in message and "\n" not in message
+
+
+def test_truncated_gzip_snapshot_is_one_clear_error(tmp_path, h4_sample, capsys):
+    """A download cut short: DataError naming the file and how far it was read, no traceback."""
+    from sp2dpo import cli
+
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(h4_sample.read_bytes()[:60_000])
+    with pytest.raises(data.DataError, match=r"cut\.jsonl\.gz: truncated or corrupt gzip data after line \d+"):
+        data.read_snapshot(cut)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  path: {cut}\n")
+    assert cli.main(["fetch", "--params", str(params), "--out", str(tmp_path / "f.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sp2dpo: error: ") and "Traceback" not in err and "truncated" in err
+    assert not (tmp_path / "f.parquet").exists()
+
+
+def test_an_empty_snapshot_or_nothing_left_after_filter_stops_the_stage(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(data.DataError, match=r"empty\.jsonl: no records"):
+        data.run_fetch(DataConfig(path=str(empty)), data.FetchPaths(tmp_path / "f.parquet", tmp_path / "f.json"))
+    blank = write_jsonl(tmp_path / "blank.jsonl", [{**GOOD, "chosen": "   "}])
+    data.run_fetch(DataConfig(path=str(blank)), data.FetchPaths(tmp_path / "f.parquet", tmp_path / "f.json"))
+    with pytest.raises(data.DataError, match=r"no pair left after filtering \(1 raw; .*empty_chosen 1"):
+        data.run_filter(FilterConfig(), data.FilterPaths(tmp_path / "f.parquet", tmp_path / "g.parquet",
+                                                         tmp_path / "g.json"))
+    assert not (tmp_path / "g.parquet").exists()

@@ -8,13 +8,15 @@ strings.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,21 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _readable(path: Path, lines_read: Callable[[], int]) -> Iterator[None]:
+    """Turn a truncated or corrupt compressed file, or bytes that are not UTF-8, into a
+    :class:`DataError` naming the file and how far it was read."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(
+            f"{path}: truncated or corrupt gzip data after line {lines_read()} ({exc}); "
+            "re-create or re-download the file"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text after line {lines_read()} ({exc.reason})") from None
+
+
 def iter_snapshot(path: str | Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(location, record)`` for every record of a local snapshot.
 
@@ -162,7 +179,8 @@ def iter_snapshot(path: str | Path) -> Iterator[tuple[str, Any]]:
     if not path.exists():
         raise DataError(f"{path}: snapshot file not found")
     if suffix.startswith(".jsonl"):
-        with _open_text(path) as fh:
+        number = 0
+        with _open_text(path) as fh, _readable(path, lambda: number):
             for number, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
@@ -173,7 +191,7 @@ def iter_snapshot(path: str | Path) -> Iterator[tuple[str, Any]]:
                     raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
                 yield where, record
     elif suffix.startswith(".json"):
-        with _open_text(path) as fh:
+        with _open_text(path) as fh, _readable(path, lambda: 0):
             try:
                 records = json.load(fh)
             except json.JSONDecodeError as exc:
@@ -264,8 +282,12 @@ def fetch(cfg: DataConfig) -> pd.DataFrame:
     """The ``fetch`` stage: raw pairs from the configured source, canonicalised, subsampled."""
     if cfg.source == "hub":
         frame = read_hub(cfg.hub_id, cfg.revision, cfg.split)
+        origin = f"{cfg.hub_id}@{cfg.revision}:{cfg.split}"
     else:
         frame = read_snapshot(cfg.path)
+        origin = cfg.path
+    if frame.empty:
+        raise DataError(f"{origin}: no records (an empty snapshot would leave every stage with nothing to do)")
     log.info("fetched %d pairs from %s", len(frame), cfg.source)
     return subsample(frame, cfg.limit, cfg.seed)
 

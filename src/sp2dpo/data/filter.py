@@ -11,6 +11,7 @@ import pandas as pd
 from sp2dpo.core import artifacts
 from sp2dpo.core.config import FilterConfig
 from sp2dpo.core.schemas import FilteredPairsTable, PairsTable
+from sp2dpo.data.fetch import DataError
 
 
 def _blank(series: pd.Series) -> pd.Series:
@@ -72,6 +73,12 @@ class FilterPaths:
 def run(cfg: FilterConfig, paths: FilterPaths) -> dict[str, Any]:
     """Read fetched pairs, filter them, write the filtered table and its report (``filter.json``)."""
     kept, counts = filter_pairs(artifacts.read_table(paths.pairs, PairsTable), cfg)
+    if kept.empty:
+        raise DataError(
+            f"{paths.pairs}: no pair left after filtering ({counts['raw']} raw; dropped by rule: "
+            + ", ".join(f"{k} {v}" for k, v in counts["rules"].items())
+            + ")"
+        )
     artifacts.write_table(kept, paths.out, FilteredPairsTable)
     artifacts.write_json(counts, paths.report)
     return counts

@@ -92,7 +92,7 @@ def test_bad_inputs_have_clear_messages(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["audit", "diff", str(old), str(other_panel)]) == 2
     err = capsys.readouterr().err
-    assert "different teacher panels (old: qa, qb; new: qa, qc)" in err and "--allow-panel-change" in err
+    assert "different panels (old: qa, qb x v1, v2; new: qa, qc x v1, v2)" in err and "--allow-panel-change" in err
     assert cli.main(["audit", "diff", str(old), str(other_panel), "--allow-panel-change", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_changed"] == 0
 
@@ -106,23 +106,26 @@ def test_bad_inputs_have_clear_messages(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_diff_across_git_and_dvc_revisions(tmp_path, capsys, monkeypatch):
-    """Two commits with different DVC-tracked beta artifacts (and params), compared by revision."""
+    """Two commits of a pipeline whose aggregate stage produced different beta artifacts (and ran
+    with different params), compared by revision; an ad-hoc file gets no provenance."""
     repo = tmp_path / "repo"
     repo.mkdir()
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     run(["git", "init", "-q", "-b", "main"], cwd=repo)
     run([DVC, "init", "-q"], cwd=repo)
-    work = tmp_path / "work"
-    work.mkdir()
-    for i, (rows, operator) in enumerate([(OLD_ROWS, "median"), (NEW_ROWS, "mean")]):
-        artifact = make_artifact(work, f"a{i}", rows)
-        (repo / "beta.csv").write_bytes(artifact.read_bytes())
-        (repo / "params.yaml").write_text(f"aggregate:\n  prompt_operator: {operator}\nbeta:\n  min: 0.03\n")
-        run([DVC, "add", "-q", "beta.csv"], cwd=repo)
+    sp2dpo = str(Path(sys.executable).parent / "sp2dpo")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  aggregate:\n"
+        f"    cmd: {sp2dpo} aggregate --calls calls.csv --out beta.csv --no-reports --params params.yaml\n"
+        "    deps: [calls.csv]\n    params: [aggregate.prompt_operator]\n    outs: [beta.csv]\n"
+    )
+    for i, (rows, operator) in enumerate([(OLD_ROWS, "median"), (NEW_ROWS, "weighted_mean")]):
+        calls(rows).to_csv(repo / "calls.csv", index=False)
+        (repo / "params.yaml").write_text(f"aggregate:\n  prompt_operator: {operator}\n")
+        run([DVC, "repro", "-q"], cwd=repo)
         run([*git, "add", "-A"], cwd=repo)
         run([*git, "commit", "-qm", f"artifact {i}"], cwd=repo)
     run([*git, "tag", "v-old", "HEAD~1"], cwd=repo)
-    assert not (repo / "beta.csv").read_bytes() == (work / "a0.csv").read_bytes()  # workspace = new
 
     monkeypatch.chdir(repo)
     capsys.readouterr()
@@ -130,8 +133,17 @@ def test_diff_across_git_and_dvc_revisions(tmp_path, capsys, monkeypatch):
     result = json.loads(capsys.readouterr().out)
     assert (result["added"], result["removed"], result["common"], result["n_changed"]) == (1, 1, 3, 1)
     assert result["category_flips"] == {"Style->Factuality": 1}
-    assert result["params_diff"] == {"aggregate.prompt_operator": {"old": "median", "new": "mean"}}
-    assert result["params_old_source"].endswith(":params.yaml")
+    assert result["params_diff"] == {"aggregate.prompt_operator": {"old": "median", "new": "weighted_mean"}}
+    assert result["params_old_source"].endswith(":dvc.lock (aggregate)")
+    # The workspace artifact is the one the workspace lock records; a copy edited by hand is not.
+    assert cli.main(["audit", "diff", "v-old:beta.csv", "beta.csv", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params_new_source"] == "workspace:dvc.lock (aggregate)"
+    edited = repo / "edited.csv"
+    edited.write_text((repo / "beta.csv").read_text().replace("0.3,", "0.29,", 1))
+    assert cli.main(["audit", "diff", "beta.csv", "edited.csv", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params_new_source"] == "unknown (the aggregate stage at workspace did not write edited.csv)"
+    assert result["params_diff"] == {"aggregate.prompt_operator": {"old": "weighted_mean", "new": None}}
 
     # A revision that does not exist, and a path not tracked at a revision that does.
     assert cli.main(["audit", "diff", "nosuchrev:beta.csv", "HEAD:beta.csv"]) == 2
@@ -148,13 +160,35 @@ def test_diff_across_git_and_dvc_revisions(tmp_path, capsys, monkeypatch):
     assert "tracked by DVC but its data is neither in the local cache nor in a remote" in err
 
 
-def test_side_params_prefer_dvc_lock(tmp_path):
-    params, source = audit_diff._params_at(tmp_path, None)
-    assert (params, source) == ({}, "unknown")
-    (tmp_path / "params.yaml").write_text("beta:\n  min: 0.01\n")
+def test_provenance_needs_the_lock_to_record_this_very_file(tmp_path):
+    content = b"prompt_id,beta\np1,0.1\n"
+    md5 = __import__("hashlib").md5(content).hexdigest()
+    assert audit_diff._params_at(tmp_path, None, "beta.csv", content) == ({}, "unknown (no dvc.lock at workspace)")
     (tmp_path / "dvc.lock").write_text(
-        "schema: '2.0'\nstages:\n  aggregate:\n    params:\n      params.yaml:\n        beta.min: 0.03\n        aggregate:\n          prompt_operator: median\n"
+        "schema: '2.0'\nstages:\n  aggregate:\n    params:\n      params.yaml:\n        beta.min: 0.03\n"
+        "        aggregate:\n          prompt_operator: median\n"
+        f"    outs:\n    - path: beta.csv\n      md5: {md5}\n"
     )
-    params, source = audit_diff._params_at(tmp_path, None)
+    params, source = audit_diff._params_at(tmp_path, None, "beta.csv", content)
     assert params == {"beta.min": 0.03, "aggregate.prompt_operator": "median"}
     assert source == "workspace:dvc.lock (aggregate)"
+    assert audit_diff._params_at(tmp_path, None, "other.csv", content)[1] == (
+        "unknown (the aggregate stage at workspace did not write other.csv)")
+    assert audit_diff._params_at(tmp_path, None, "beta.csv", content + b"p2,0.2\n")[1] == (
+        "unknown (not the beta.csv that dvc.lock at workspace records)")
+
+
+def test_panel_check_covers_variants_and_the_gate_counts_added_and_removed_pairs(tmp_path, capsys):
+    old = make_artifact(tmp_path, "old", OLD_ROWS)
+    fewer_variants = make_artifact(tmp_path, "v1only", OLD_ROWS, variants=("v1",))
+    capsys.readouterr()
+    assert cli.main(["audit", "diff", str(old), str(fewer_variants)]) == 2
+    assert "different panels (old: qa, qb x v1, v2; new: qa, qb x v1)" in capsys.readouterr().err
+    assert cli.main(["audit", "diff", str(old), str(fewer_variants), "--allow-panel-change"]) == 0
+    # Pairs that disappear (or appear) with every common beta unchanged still fail the gate.
+    shrunk = make_artifact(tmp_path, "shrunk", {k: v for k, v in OLD_ROWS.items() if k != "p4"})
+    grown = make_artifact(tmp_path, "grown", {**OLD_ROWS, "p9": ("Style", 0.1, 0.1)})
+    capsys.readouterr()
+    assert cli.main(["audit", "diff", str(old), str(shrunk), "--fail-on-change"]) == 1
+    assert cli.main(["audit", "diff", str(old), str(grown), "--fail-on-change"]) == 1
+    assert cli.main(["audit", "diff", str(old), str(old), "--fail-on-change"]) == 0

@@ -12,6 +12,7 @@ ran with), else its ``params.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -98,25 +99,28 @@ def _dvc_read(repo: Path, commit: str, path: str) -> bytes | None:
         ) from None
 
 
-def _params_at(repo: Path, commit: str | None) -> tuple[dict[str, Any], str]:
-    """The producing stage's params from ``dvc.lock``, else the whole ``params.yaml``."""
-    read = (lambda p: _git_show(repo, commit, p)) if commit else (
-        lambda p: (repo / p).read_bytes() if (repo / p).exists() else None
-    )
+def _params_at(
+    repo: Path, commit: str | None, path: str, content: bytes
+) -> tuple[dict[str, Any], str]:
+    """The params the producing stage ran with, from ``dvc.lock`` at ``commit`` (None: the
+    workspace), when that lock records ``path`` as the stage's output with exactly these bytes
+    (the md5 DVC records); otherwise no provenance: ``({}, "unknown ...")``."""
     where = commit[:12] if commit else "workspace"
-    lock = read("dvc.lock")
-    if lock:
-        stage = (yaml.safe_load(lock) or {}).get("stages", {}).get(PRODUCER_STAGE, {})
-        by_file = stage.get("params")
-        if by_file:
-            merged: dict[str, Any] = {}
-            for values in by_file.values():
-                merged.update(flatten(values))
-            return merged, f"{where}:dvc.lock ({PRODUCER_STAGE})"
-    params = read("params.yaml")
-    if params:
-        return flatten(yaml.safe_load(params) or {}), f"{where}:params.yaml"
-    return {}, "unknown"
+    lock = _git_show(repo, commit, "dvc.lock") if commit else (
+        (repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").exists() else None
+    )
+    if not lock:
+        return {}, f"unknown (no dvc.lock at {where})"
+    stage = (yaml.safe_load(lock) or {}).get("stages", {}).get(PRODUCER_STAGE, {})
+    outs = {o.get("path"): o.get("md5") for o in stage.get("outs", []) if isinstance(o, dict)}
+    if path not in outs:
+        return {}, f"unknown (the {PRODUCER_STAGE} stage at {where} did not write {path})"
+    if outs[path] != hashlib.md5(content).hexdigest():
+        return {}, f"unknown (not the {path} that dvc.lock at {where} records)"
+    merged: dict[str, Any] = {}
+    for values in (stage.get("params") or {}).values():
+        merged.update(flatten(values))
+    return merged, f"{where}:dvc.lock ({PRODUCER_STAGE})"
 
 
 def _parse_csv(content: bytes, label: str) -> pd.DataFrame:
@@ -148,12 +152,14 @@ def load_side(spec: str, cwd: str | Path = ".") -> Side:
     if local.exists() or ":" not in spec:
         if not local.exists():
             raise AuditError(f"{spec}: no such file")
+        content = local.read_bytes()
         try:
             repo = _repo_root(local.parent.resolve())
-            params, source = _params_at(repo, None)
-        except AuditError:
-            params, source = {}, "unknown"
-        return Side(spec, _parse_csv(local.read_bytes(), spec), params, source)
+            rel = local.resolve().relative_to(repo).as_posix()
+            params, source = _params_at(repo, None, rel, content)
+        except (AuditError, ValueError):
+            params, source = {}, "unknown (not inside a git repository)"
+        return Side(spec, _parse_csv(content, spec), params, source)
     rev, path = spec.split(":", 1)
     repo = _repo_root(cwd.resolve())
     commit = _resolve_commit(repo, rev)
@@ -166,7 +172,7 @@ def load_side(spec: str, cwd: str | Path = ".") -> Side:
             f"{rel} is not tracked at revision {rev!r} ({commit[:12]}): git has no such file "
             "and no dvc.lock / .dvc file of that revision names it"
         )
-    params, source = _params_at(repo, commit)
+    params, source = _params_at(repo, commit, Path(rel).as_posix(), content)
     return Side(spec, _parse_csv(content, spec), params, source)
 
 
@@ -175,9 +181,9 @@ def load_side(spec: str, cwd: str | Path = ".") -> Side:
 # --------------------------------------------------------------------------------------------
 
 
-def panel(frame: pd.DataFrame) -> list[str]:
-    """Teacher ids of an artifact, from its per-teacher ensemble category columns."""
-    return panel_of(list(frame.columns))[0]
+def panel(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The panel of an artifact: its teacher ids and prompt variants, from its columns."""
+    return panel_of(list(frame.columns))
 
 
 def default_category_column(frame: pd.DataFrame) -> str | None:
@@ -224,9 +230,13 @@ def diff(
         raise AuditError(f"--threshold must be >= 0, got {threshold}")
     panel_old, panel_new = panel(old.frame), panel(new.frame)
     if panel_old != panel_new and not allow_panel_change:
+
+        def shown(p: tuple[list[str], list[str]]) -> str:
+            return f"{', '.join(p[0]) or 'no teachers'} x {', '.join(p[1]) or 'no variants'}"
+
         raise AuditError(
-            f"the artifacts come from different teacher panels (old: {', '.join(panel_old) or 'none'}; "
-            f"new: {', '.join(panel_new) or 'none'}); per-teacher columns do not correspond. "
+            f"the artifacts come from different panels (old: {shown(panel_old)}; new: "
+            f"{shown(panel_new)}); per-teacher and per-variant columns do not correspond. "
             "Pass --allow-panel-change to compare a cross-panel column such as "
             f"{DEFAULT_COLUMN}"
         )
@@ -262,8 +272,10 @@ def diff(
             f"p{q}": _num(abs_change.quantile(q / 100)) if common else 0.0 for q in (50, 90, 99)
         },
         "n_changed": int(changed.sum()),
-        "panel_old": panel_old,
-        "panel_new": panel_new,
+        "panel_old": panel_old[0],
+        "panel_new": panel_new[0],
+        "variants_old": panel_old[1],
+        "variants_new": panel_new[1],
         "category_column": category_column,
     }
     flips: dict[str, int] = {}
@@ -344,6 +356,9 @@ def render(result: Mapping[str, Any], fmt: str = "text") -> str:
                        _fmt(result["max_abs_change"]), _fmt(result["mean_change"]), result["n_changed"]]])]
     if result["panel_old"] != result["panel_new"]:
         lines += ["", f"teacher panel changed: {', '.join(result['panel_old'])} -> {', '.join(result['panel_new'])}"]
+    if result["variants_old"] != result["variants_new"]:
+        lines += ["", f"prompt variants changed: {', '.join(result['variants_old'])} -> "
+                      f"{', '.join(result['variants_new'])}"]
     if result["category_column"]:
         cats = sorted(set(result["category_matrix"]) | {b for row in result["category_matrix"].values() for b in row})
         rows = [[a, *[result["category_matrix"].get(a, {}).get(b, 0) for b in cats]] for a in cats]

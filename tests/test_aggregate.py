@@ -840,7 +840,7 @@ def test_stage_script_runs_in_a_project_layout(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "data" / "beta" / "beta.csv").exists()
     assert (tmp_path / "reports" / "aggregate.json").exists()
-    assert len(list((tmp_path / "reports" / "aggregate").iterdir())) == 10
+    assert len(list((tmp_path / "reports" / "aggregate").iterdir())) == 11  # 5 plots x (png, csv) + excluded.csv
 
 
 def test_params_yaml_sections_and_config_checks():
@@ -861,3 +861,38 @@ def test_params_yaml_sections_and_config_checks():
             config.build(config.AggregateConfig, data, "aggregate")
     with pytest.raises(config.ConfigError, match="0 < min < max"):
         config.build(config.BetaConfig, {"min": 0.3, "max": 0.03}, "beta")
+
+
+def test_an_empty_call_csv_names_the_file(tmp_path):
+    path = tmp_path / "calls.csv"
+    path.write_text("")
+    with pytest.raises(CallTableError, match=r"calls\.csv: empty file \(no header line\)"):
+        aggregate.read_calls(path)
+
+
+def test_excluded_pairs_are_listed_by_pair_and_reason(tmp_path):
+    """Default (non-strict) mode: excluded pairs are counted in aggregate.json and named, one row
+    each with its reason, in aggregate/excluded.csv."""
+    spec = {f"p{i}": HAND["p1"] for i in range(1, 5)}
+    table = calls_table(spec)
+    failed = table.index[table["prompt_id"] == "p3"][0]
+    table.loc[failed, ["status", "category", "magnitude", "confidence"]] = ["http_error", None, None, None]
+    table = table.drop(index=table.index[table["prompt_id"] == "p2"][:1])
+    path = tmp_path / "calls.parquet"
+    table.to_parquet(path, index=False)
+    metrics = aggregate.run(AGG, BETA, aggregate.AggregatePaths(path, tmp_path / "beta.csv", tmp_path / "rep"))
+    listed = pd.read_csv(tmp_path / "rep" / "aggregate" / "excluded.csv", dtype=str)
+    assert listed.to_dict("records") == [
+        {"prompt_id": "p2", "reason": "missing_call"},
+        {"prompt_id": "p3", "reason": "failed_call"},
+    ]
+    assert metrics["pairs"]["excluded"] == 2 and metrics["pairs"]["kept"] == 2
+
+
+def test_an_infinite_envelope_flag_is_blamed_on_the_flag(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    calls_table(HAND).to_csv("calls.csv", index=False)
+    assert cli.main(["aggregate", "--calls", "calls.csv", "--out", "beta.csv", "--beta-max", "inf"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sp2dpo: error: --beta-max: beta: need finite 0 < min < max") and "calls.csv" not in err
+    assert not Path("beta.csv").exists()

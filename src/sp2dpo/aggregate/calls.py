@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sp2dpo.core.errors import UserError
 from sp2dpo.core.schemas import ANNOTATOR_PATTERN, CALL_STATUSES, CATEGORIES, VARIANT_PATTERN
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ _NONE = len(REASONS)  # "no problem" sentinel, larger than every reason index
 _R = {name: i for i, name in enumerate(REASONS)}
 
 
-class CallTableError(ValueError):
+class CallTableError(UserError, ValueError):
     """A call table that cannot be aggregated; the message names the file, row and field."""
 
 
@@ -106,6 +107,10 @@ class Screening:
     call_problems: dict[str, int]
     missing_calls: int
     excluded_by_reason: dict[str, int]
+    excluded: pd.DataFrame = dataclasses.field(
+        default_factory=lambda: pd.DataFrame({"prompt_id": [], "reason": []}, dtype=str)
+    )
+    """Every excluded pair with its reason (``prompt_id, reason``), sorted by prompt_id."""
 
     @property
     def n_kept(self) -> int:
@@ -155,7 +160,10 @@ def read_calls(path: str | Path) -> pd.DataFrame:
         ]
         return pd.read_parquet(path, columns=columns, read_dictionary=text)
     if suffix == ".csv":
-        header = pd.read_csv(path, nrows=0).columns
+        try:
+            header = pd.read_csv(path, nrows=0).columns
+        except pd.errors.EmptyDataError:
+            raise CallTableError(f"{path}: empty file (no header line)") from None
         _check_columns(list(header), path)
         return pd.read_csv(
             path,
@@ -284,6 +292,13 @@ def screen(frame: pd.DataFrame, where: str = "calls", *, strict: bool = False) -
         n_var,
         ", ".join(f"{k}={v}" for k, v in excluded.items() if v) or "none",
     )
+    dropped = ~keep
+    excluded_pairs = pd.DataFrame(
+        {
+            "prompt_id": np.asarray(pair_ids, dtype=object)[dropped].astype(str),
+            "reason": np.asarray(REASONS, dtype=object)[pair_reason[dropped]].astype(str),
+        }
+    ).sort_values("prompt_id", kind="stable", ignore_index=True)
     return Screening(
         panel=panel,
         n_calls=n_rows,
@@ -291,6 +306,7 @@ def screen(frame: pd.DataFrame, where: str = "calls", *, strict: bool = False) -
         call_problems=call_problems,
         missing_calls=missing_calls,
         excluded_by_reason=excluded,
+        excluded=excluded_pairs,
     )
 
 

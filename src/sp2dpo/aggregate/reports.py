@@ -259,8 +259,10 @@ def write(
     report_dir: str | Path,
     beta_min: float,
     beta_max: float,
+    excluded: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """Write ``aggregate.json`` and every plot (PNG + CSV) under ``report_dir``.
+    """Write ``aggregate.json``, every plot (PNG + CSV) and the excluded pairs
+    (``aggregate/excluded.csv``: ``prompt_id, reason``) under ``report_dir``.
 
     Returns:
         The paths written.
@@ -282,6 +284,9 @@ def write(
         artifacts.write_table(table, path, float_format=f"%.{_DIGITS}g")
         written.append(path)
     written += _draw(tables, annotators, plot_dir)
+    if excluded is not None:
+        written.append(plot_dir / "excluded.csv")
+        artifacts.write_table(excluded[["prompt_id", "reason"]], written[-1])
     return written
 
 

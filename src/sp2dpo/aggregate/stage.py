@@ -141,6 +141,13 @@ def run(
     obj = reports.metrics(result.frame, anns, counts, result.info)
     obj["envelope"] = {"beta_min": beta.min, "beta_max": beta.max}
     if paths.report_dir is not None:
-        reports.write(result.frame, anns, obj, paths.report_dir, beta.min, beta.max)
+        reports.write(result.frame, anns, obj, paths.report_dir, beta.min, beta.max,
+                      excluded=result.screening.excluded)
     log.info("wrote %s: %d pairs x %d columns", paths.out, *result.frame.shape)
+    excluded = result.screening.excluded
+    if len(excluded):
+        shown = ", ".join(f"{r.prompt_id} ({r.reason})" for r in excluded.head(5).itertuples())
+        where = paths.report_dir / "aggregate" / "excluded.csv" if paths.report_dir else "--report-dir"
+        log.warning("excluded %d pair(s): %s%s; all of them in %s", len(excluded), shown,
+                    " ..." if len(excluded) > 5 else "", where)
     return obj

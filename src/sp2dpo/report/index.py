@@ -343,6 +343,11 @@ def build_index(reports: str | Path) -> str:
 
     page.add("", "## aggregate", "")
     page.json_item("aggregate.json", summarize_aggregate)
+    excluded = reports / "aggregate" / "excluded.csv"
+    if excluded.is_file():
+        n = max(0, len(excluded.read_text(encoding="utf-8").splitlines()) - 1)
+        page.linked.add("aggregate/excluded.csv")
+        page.add(f"- {_link('aggregate/excluded.csv')}: {n} pair(s) excluded, each with its reason")
     page.plots("aggregate", "beta distribution and diagnostics plots")
 
     page.add("", "## train", "")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pandas as pd
 import pytest
@@ -76,3 +78,21 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "x"
     path.write_bytes(b"abc")
     assert artifacts.sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_written_files_follow_the_umask_not_the_temp_files_0600(tmp_path):
+    """Every artifact gets the mode a plain open() would give (0666 minus the umask)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, stat; os.umask(0o027); from sp2dpo.core import artifacts; "
+        f"artifacts.write_text('x', {str(tmp_path / 'a.txt')!r}); "
+        f"print(oct(stat.S_IMODE(os.stat({str(tmp_path / 'a.txt')!r}).st_mode)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0o640"
+    artifacts.write_json({"a": 1}, tmp_path / "b.json")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o666 & ~mask

@@ -194,3 +194,25 @@ def test_matrix_names_must_be_configured(tmp_path):
 def test_infinite_envelope_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="finite 0 < min < max"):
         config.load(write(tmp_path, {"beta": {"max": float("inf")}}))
+
+
+@pytest.mark.parametrize(
+    ("decoding", "message"),
+    [
+        ({"max_retries": -1}, r"decoding.max_retries must be >= 0, got -1"),
+        ({"timeout_s": 0}, r"decoding.timeout_s must be > 0, got 0"),
+        ({"backoff_base_s": -2}, r"decoding.backoff_base_s must be >= 0, got -2"),
+    ],
+)
+def test_decoding_errors_name_the_key(tmp_path, decoding, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(write(tmp_path, {"decoding": decoding}))
+
+
+def test_official_lc_files_must_live_where_dvc_tracks_them(tmp_path):
+    bad = {"eval": {"alpaca_eval": {"instruction_difficulty": "/downloads/d.csv", "df_gamed": "/downloads/g.csv"}}}
+    with pytest.raises(ConfigError, match=r"instruction_difficulty: put the file under data/evalsets/"):
+        config.load(write(tmp_path, bad))
+    good = {"eval": {"alpaca_eval": {"instruction_difficulty": "data/evalsets/alpaca_eval/d.csv",
+                                     "df_gamed": "data/evalsets/alpaca_eval/g.csv"}}}
+    assert config.load(write(tmp_path, good)).eval.alpaca_eval.df_gamed.endswith("g.csv")

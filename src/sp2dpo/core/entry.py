@@ -41,7 +41,10 @@ def guarded(fn: Callable[[], Any]) -> int:
         status = fn()
     except EXPECTED_ERRORS as exc:
         print(f"sp2dpo: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(exc, "exit_status", EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("sp2dpo: interrupted", file=sys.stderr)
+        return 130
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 

@@ -114,9 +114,11 @@ class PairsToAnnotate(pa.DataFrameModel):
 class AnnotatedCallTable(CallTable):
     """The call table as ``annotate`` writes it: :class:`CallTable` plus checked bookkeeping.
 
-    ``call_key`` is the call-log key (sha256 of pair content, teacher and model, template and
+    ``call_key`` is the call-store key (sha256 of pair content, teacher and model, template and
     decoding settings); ``template_sha256`` hashes the variant's template files and
     ``request_sha256`` the exact rendered messages sent. Tokens and cost sum over all attempts.
+    ``transient`` marks a failure that may pass (connection, timeout, 429/5xx): a re-run calls it
+    again.
     """
 
     model: Series[str] = pa.Field(nullable=False)
@@ -130,6 +132,7 @@ class AnnotatedCallTable(CallTable):
     cost_usd: Series[float] = pa.Field(nullable=False, ge=0.0)
     response_text: Series[str] = pa.Field(nullable=True)
     error: Series[str] = pa.Field(nullable=True)
+    transient: Series[bool] = pa.Field(nullable=False)
     timestamp: Series[str] = pa.Field(nullable=False)
 
     class Config:
@@ -142,6 +145,10 @@ class AnnotatedCallTable(CallTable):
         parsed = df[["category", "magnitude", "confidence"]].notna()
         ok = df["status"] == "ok"
         return (parsed.all(axis=1) & ok) | (~parsed.any(axis=1) & ~ok)
+
+    @pa.dataframe_check(error="only http_error and timeout rows can be transient")
+    def transient_only_for_transport_failures(cls, df):
+        return ~df["transient"] | df["status"].isin(["http_error", "timeout"])
 
 
 # --------------------------------------------------------------------------------------------

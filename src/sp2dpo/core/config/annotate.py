@@ -86,6 +86,12 @@ class TeacherConfig:
     )
     dtype: Literal["float32", "bfloat16", "float16"] = field("float32", "Weights dtype (local).")
     max_input_tokens: int = field(1024, "Prompt tokens kept by the local scorer (local).")
+    max_input_chars: int = field(
+        200_000,
+        "Request-size cap of an HTTP teacher, in characters of the rendered messages (about "
+        "50k tokens): longer pairs have the middles of their prompt and replies cut to a common "
+        "length, marked `[...]` (the call records `truncated`).",
+    )
 
     def __post_init__(self) -> None:
         if not re.match(ANNOTATOR_PATTERN, self.id):
@@ -123,6 +129,8 @@ class TeacherConfig:
             )
         if self.max_input_tokens < 16:
             raise ConfigError(f"teacher {self.id!r}: max_input_tokens must be >= 16")
+        if self.max_input_chars < 1000:
+            raise ConfigError(f"teacher {self.id!r}: max_input_chars must be >= 1000, got {self.max_input_chars}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,8 +214,17 @@ class DecodingConfig:
             raise ConfigError(f"decoding.top_k must be a positive integer or null, got {self.top_k}")
         if self.max_tokens < 1:
             raise ConfigError(f"decoding.max_tokens must be >= 1, got {self.max_tokens}")
-        if self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_base_s < 0:
-            raise ConfigError("decoding: timeout_s must be > 0; max_retries and backoff_base_s >= 0")
+        for name, value, low, strict in (
+            ("timeout_s", self.timeout_s, 0, True),
+            ("max_retries", self.max_retries, 0, False),
+            ("backoff_base_s", self.backoff_base_s, 0, False),
+            ("backoff_max_s", self.backoff_max_s, 0, False),
+            ("retry_after_max_s", self.retry_after_max_s, 0, False),
+        ):
+            if value < low or (strict and value == low):
+                raise ConfigError(
+                    f"decoding.{name} must be {'>' if strict else '>='} {low}, got {value}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,9 @@ from sp2dpo.core.config.annotate import DecodingConfig, TeacherConfig
 from sp2dpo.core.config.base import field
 from sp2dpo.core.errors import ConfigError
 
+#: The folder of the evaluation files: a DVC dependency of the eval stage.
+EVALSETS = "data/evalsets"
+
 
 def _judge_default() -> TeacherConfig:
     return TeacherConfig(
@@ -71,6 +74,13 @@ class AlpacaEvalConfig:
                 "eval.alpaca_eval: set both instruction_difficulty and df_gamed (the official GLM "
                 "needs both) or neither (offline estimate)"
             )
+        for name in ("instruction_difficulty", "df_gamed"):
+            value = getattr(self, name)
+            if value is not None and not value.replace("\\", "/").startswith(EVALSETS + "/"):
+                raise ConfigError(
+                    f"{name}: put the file under {EVALSETS}/ (a dependency of the "
+                    f"eval stage, versioned by evalsets.dvc), got {value!r}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)

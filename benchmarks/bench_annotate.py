@@ -3,7 +3,7 @@
 The scripted server of ``tests/fault_server.py`` answers every chat-completions request after a
 fixed delay (default 200 ms). For each concurrency (``max_concurrency`` of the one teacher) the
 real code path runs: plan, render, HTTP call, parse, append + fsync to the call log, then the
-call table and report. ``calls_per_s`` times the calling phase (:func:`sp2dpo.annotate.stage.execute`);
+call table and report. ``calls_per_s`` times the calling phase (:func:`sp2dpo.annotate.execute.execute`);
 ``bound_calls_per_s`` is concurrency / latency, the ideal; ``efficiency`` their ratio (target
 >= 0.9 at 32). ``end_to_end_s`` adds planning, the call table and the report.
 
@@ -26,10 +26,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sp2dpo.annotate import run
-from sp2dpo.annotate.cache import CallLog
+from sp2dpo import annotate
+from sp2dpo.annotate.cache import CallStore
+from sp2dpo.annotate.execute import execute
+from sp2dpo.annotate.plan import plan_calls
 from sp2dpo.annotate.prompts import load_variants
-from sp2dpo.core import artifacts, schemas
+from sp2dpo.core import artifacts, config, schemas
 from sp2dpo.llm.teachers import Teacher
 from tests.fault_server import FaultServer, pairs_frame, params, teacher
 
@@ -41,22 +43,23 @@ def bench(server: FaultServer, concurrency: int, calls: int, workdir: Path) -> d
     cfg = params([teacher(server, max_concurrency=concurrency)], variants=1, timeout_s=30)
     cfg_path.write_text(yaml.safe_dump(cfg))
 
-    # The calling phase alone, through the same functions run_annotate uses.
-    p = run.load_params(cfg_path)
+    # The calling phase alone, through the same functions the stage uses.
+    p = config.load(cfg_path)
     variants = load_variants(p.prompts)
     pairs = artifacts.read_table(pairs_path, schemas.PairsToAnnotate)
-    specs = run.plan_calls(pairs, p.teachers, variants, p.decoding)
+    specs = plan_calls(pairs, p.teachers, variants, p.decoding)
     teachers = [Teacher(p.teachers[0], p.decoding)]
-    log = CallLog(workdir / "calls.jsonl")
+    store = CallStore(workdir / "calls")
     start = time.perf_counter()
-    with log:
-        run.execute(specs, pairs, teachers, variants, log, progress=False)
+    with store:
+        execute(specs, pairs, teachers, variants, store, progress=False)
     elapsed = time.perf_counter() - start
-    assert len(log.read()) == calls
+    assert len(store.read()) == calls
 
-    # End to end on a fresh log (plan, calls, call table, report).
+    # End to end on a fresh store (plan, calls, call table, report).
     start = time.perf_counter()
-    summary = run.run_annotate(cfg_path, pairs_path, workdir / "e2e.parquet", report_path=None)
+    paths = annotate.AnnotatePaths(pairs=pairs_path, out=workdir / "e2e.parquet")
+    summary = annotate.run(p.teachers, p.prompts, p.decoding, p.annotate, paths)
     end_to_end = time.perf_counter() - start
     assert summary["status"]["ok"] == calls
 

@@ -57,7 +57,9 @@ class FaultServer:
         reply: dict[str, Any] | None = None,
         responder: Callable[[dict[str, Any]], tuple[str | None, list[dict[str, Any]] | None]]
         | None = None,
+        port: int = 0,
     ) -> None:
+        self.port = port
         self.latency_s = latency_s
         self.api_key = api_key
         self.hang_s = hang_s
@@ -75,7 +77,7 @@ class FaultServer:
 
     def __enter__(self) -> FaultServer:
         handler = _make_handler(self)
-        self._httpd = _Server(("127.0.0.1", 0), handler)
+        self._httpd = _Server(("127.0.0.1", self.port), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._thread.start()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sp2dpo.annotate.cache import CallLog, call_key
+from sp2dpo.annotate.cache import CallStore, call_key
 from sp2dpo.annotate.plan import select_pairs
 from sp2dpo.core import config
 from sp2dpo.core.config import ConfigError
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_concurrent_appends_are_whole_lines(tmp_path):
-    path = tmp_path / "log.jsonl"
-    with CallLog(path) as log:
+    path = tmp_path / "log.jsonl"  # a one-file store (the earlier layout)
+    with CallStore(path) as log:
         def write(t):
             for i in range(50):
                 log.append({"key": f"{t}-{i}", "status": "ok", "raw_response": "x" * 5000})
@@ -29,32 +29,60 @@ def test_concurrent_appends_are_whole_lines(tmp_path):
             thread.start()
         for thread in threads:
             thread.join()
-    records = CallLog(path).read()
+    records = CallStore(path).read()
     assert len(records) == 400 and len(path.read_text().splitlines()) == 400
 
 
 def test_torn_and_corrupt_lines_are_ignored_and_the_log_stays_appendable(tmp_path):
     path = tmp_path / "log.jsonl"
-    with CallLog(path) as log:
+    with CallStore(path) as log:
         log.append({"key": "a", "status": "ok"})
     with open(path, "ab") as fh:
         fh.write(b'{"key": "b", "sta')  # killed mid-write
-    reader = CallLog(path)
+    reader = CallStore(path)
     assert set(reader.read()) == {"a"} and reader.skipped_lines == 1
-    with CallLog(path) as log:  # the torn line is terminated, not glued to the next record
+    with CallStore(path) as log:  # the torn line is terminated, not glued to the next record
         log.append({"key": "c", "status": "timeout"})
-    reader = CallLog(path)
+    reader = CallStore(path)
     assert set(reader.read()) == {"a", "c"} and reader.skipped_lines == 1
     path.write_bytes(path.read_bytes() + b"not json\n[1, 2]\n")
-    assert set(CallLog(path).read()) == {"a", "c"}
+    assert set(CallStore(path).read()) == {"a", "c"}
 
 
 def test_newest_record_of_a_key_wins(tmp_path):
     path = tmp_path / "log.jsonl"
-    with CallLog(path) as log:
+    with CallStore(path) as log:
         log.append({"key": "a", "status": "timeout"})
         log.append({"key": "a", "status": "ok"})
-    assert CallLog(path).read()["a"]["status"] == "ok"
+    assert CallStore(path).read()["a"]["status"] == "ok"
+
+
+def test_a_folder_store_adds_one_immutable_segment_per_run(tmp_path):
+    """DVC versions the folder incrementally: a run never rewrites an old segment, a run that
+    makes no call writes none, and the later segment's record of a key wins."""
+    store = tmp_path / "calls"
+    with CallStore(store) as log:
+        log.append({"key": "a", "status": "timeout", "transient": True})
+        log.append({"key": "b", "status": "ok"})
+    first = sorted(store.iterdir())
+    assert len(first) == 1
+    before = first[0].read_bytes()
+    with CallStore(store):
+        pass  # nothing made: no segment
+    assert sorted(store.iterdir()) == first
+    with CallStore(store) as log:
+        log.append({"key": "a", "status": "ok"})
+    segments = sorted(store.iterdir())
+    assert len(segments) == 2 and segments[0].read_bytes() == before
+    assert {k: r["status"] for k, r in CallStore(store).read().items()} == {"a": "ok", "b": "ok"}
+    # An earlier single-file log (extra) and a shared live store are read too.
+    legacy = tmp_path / "calls.jsonl"
+    legacy.write_text('{"key": "c", "status": "ok"}\n')
+    shared = tmp_path / "shared"
+    with CallStore(store, extra=(legacy,), shared=shared) as log:
+        log.append({"key": "d", "status": "ok"})
+    assert set(CallStore(store, extra=(legacy,)).read()) == {"a", "b", "c", "d"}
+    assert set(CallStore(tmp_path / "elsewhere", shared=shared).read()) == {"d"}
 
 
 def test_call_key_covers_content_teacher_template_and_decoding():
@@ -126,3 +154,12 @@ def test_subset_is_independent_of_beta_random(h4_sample):
     subset = select_pairs(pairs, 50, 42)
     u = uniform_from_ids(subset["prompt_id"], 42)
     assert 0.35 < float(np.mean(u)) < 0.65  # the correlated version gave ~0.05
+
+
+def test_an_earlier_single_file_log_is_imported_once(tmp_path):
+    legacy = tmp_path / "calls.jsonl"
+    legacy.write_text('{"key": "a", "status": "ok"}\n')
+    store = CallStore(tmp_path / "calls")
+    first = store.import_log(legacy)
+    assert first is not None and first.name.startswith("00000000T") and store.import_log(legacy) is None
+    assert set(store.read()) == {"a"} and len(list((tmp_path / "calls").iterdir())) == 1

@@ -62,5 +62,6 @@ def test_dvc_annotate_stage(tmp_path):
         run([DVC, "exp", "run", "-S", "annotate.max_pairs=4", "annotate"], cwd=repo)
         assert len(server.requests) == 12
         assert len(pd.read_parquet(repo / "data/annotate/calls.parquet")) == 12
-    log_lines = (repo / "data/annotate/calls.jsonl").read_text().splitlines()
-    assert len(log_lines) == 12
+    store = repo / "data/annotate/calls"
+    log_lines = [line for s in sorted(store.iterdir()) for line in s.read_text().splitlines()]
+    assert len(log_lines) == 12 and len(list(store.iterdir())) == 2  # one segment per run that made calls

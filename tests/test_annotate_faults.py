@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from sp2dpo import cli
-from sp2dpo.annotate.cache import CallLog
+from sp2dpo.annotate import TransientFailures
+from sp2dpo.annotate.cache import CallStore
 from sp2dpo.annotate.report import stable_report
 from sp2dpo.core import schemas
 from sp2dpo.llm.client import AuthError
@@ -60,10 +61,17 @@ def test_every_fault_ends_once_with_the_right_status(tmp_path):
     with FaultServer(hang_s=4.0) as server:
         pairs, cfg = _setup(tmp_path, server, modes, variants=2, timeout_s=1.0)
         out = tmp_path / "calls.parquet"
-        summary = annotate_file(cfg, pairs, out, report=tmp_path / "report.json")
+        # Transient failures (5xx, timeouts, unreadable bodies after the retries) are written, and
+        # the stage then fails with one line saying how many and how to resume.
+        with pytest.raises(TransientFailures, match=(
+                r"^annotate: 6 of 32 calls ended with a transient failure \(http_error 4, timeout 2; "
+                r"first: fault/p002-server_error: HTTP 500.*re-run when the endpoint is back")):
+            annotate_file(cfg, pairs, out, report=tmp_path / "report.json")
         requests = list(server.requests)
 
     table = pd.read_parquet(out)
+    transient = set(table.loc[table["transient"], "prompt_id"].str.split("-", n=1).str[1])
+    assert transient == {"server_error", "hang", "bad_body"}  # bad_request and the rest are final
     assert len(table) == len(modes) * 2
     assert not table.duplicated(["prompt_id", "annotator", "variant"]).any()
     for row in table.itertuples():
@@ -84,11 +92,11 @@ def test_every_fault_ends_once_with_the_right_status(tmp_path):
         if r["mode"] == "rate_limit_once":
             times.setdefault(r["call"], []).append(r["t"])
     assert times and all(ts[1] - ts[0] >= 0.95 for ts in times.values())
-    # The log holds one record per call, with the bookkeeping the issue asks for.
-    records = CallLog(tmp_path / "calls.jsonl").read()
+    # The store holds one record per call, in one segment, with the bookkeeping the issue asks for.
+    records = CallStore(tmp_path / "calls").read()
     assert len(records) == len(table)
-    lines = (tmp_path / "calls.jsonl").read_text().splitlines()
-    assert len(lines) == len(table)
+    [segment] = (tmp_path / "calls").iterdir()
+    assert len(segment.read_text().splitlines()) == len(table)
     rec = next(r for r in records.values() if r["status"] == "ok")
     for key in ("raw_response", "latency_s", "prompt_tokens", "completion_tokens", "system_fingerprint",
                 "template_sha256", "request_sha256", "decode", "timestamp", "response_model"):
@@ -96,8 +104,8 @@ def test_every_fault_ends_once_with_the_right_status(tmp_path):
     assert rec["system_fingerprint"] == "fp_fault" and rec["decode"]["temperature"] == 0.1
     # Report: status counts and per-teacher incomplete pairs.
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report == stable_report(summary)  # the file leaves out run-state counts
-    assert summary["calls_made"] == len(table) and "calls_made" not in report
+    assert "calls_made" not in report and report == stable_report(report)  # no run-state counts
+    assert report["transient"] == 6 and report["per_teacher"]["fault"]["transient"] == 6
     fault = report["per_teacher"]["fault"]
     ok_modes = [m for m, e in EXPECTED.items() if e[0] == "ok"]
     assert fault["status"]["ok"] == 2 * len(ok_modes)
@@ -187,7 +195,7 @@ def test_cli_exit_status_zero_with_failed_calls_and_auth_error_stops(tmp_path, c
         assert len(server.requests) - n == 4  # stopped at once: nothing after the 401
         assert not out2.exists()
         # The calls finished before the stop are cached; the auth failure is not recorded.
-        assert len(CallLog(tmp_path / "calls2.jsonl").read()) == 3
+        assert len(CallStore(tmp_path / "calls2").read()) == 3
 
 
 def test_missing_key_variable_stops_before_any_call(tmp_path, monkeypatch):
@@ -206,8 +214,9 @@ def test_fake_key_appears_in_no_output(tmp_path, monkeypatch, capsys, caplog):
         pairs, cfg = _setup(tmp_path, server, ["ok", "echo_key", "malformed_once", "content_filter"],
                             teacher={"api_key_env": "SP2DPO_TEST_KEY"})
         out, report = tmp_path / "calls.parquet", tmp_path / "report.json"
+        # echo_key answers 502 (transient): the table is written and the stage says how to resume.
         assert cli.main(["annotate", "--pairs", str(pairs), "--out", str(out), "--params", str(cfg),
-                         "--report", str(report)]) == 0
+                         "--report", str(report)]) == 2
         assert all(r["auth"] for r in server.requests)  # the key was sent...
         statuses = pd.read_parquet(out).set_index("prompt_id")["status"]
         assert statuses.filter(like="echo_key").eq("http_error").all()
@@ -233,29 +242,41 @@ def test_fake_key_appears_in_no_output(tmp_path, monkeypatch, capsys, caplog):
             texts.append(path.read_bytes().decode("utf-8", errors="replace"))
     leaks = [t[:80] for t in texts if key in t or key[::-1] in t]
     assert not leaks
-    assert "[REDACTED]" in (tmp_path / "calls.jsonl").read_text()
+    assert any("[REDACTED]" in s.read_text() for s in (tmp_path / "calls").iterdir())
+
+
+def _stored_lines(store: Path) -> int:
+    return sum(s.read_bytes().count(b"\n") for s in store.glob("*.jsonl")) if store.is_dir() else 0
+
+
+def _start_annotate(tmp_path: Path, pairs: Path, cfg: Path, out: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "sp2dpo.cli", "annotate", "--pairs", str(pairs), "--out", str(out),
+           "--params", str(cfg), "--report", str(tmp_path / "r.json")]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_lines(store: Path, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while _stored_lines(store) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} calls stored in {timeout} s"
+        time.sleep(0.01)
 
 
 def test_sigkill_mid_run_resumes_without_redoing_or_duplicating(tmp_path):
     n_pairs = 40
     with FaultServer(latency_s=0.1) as server:  # 120 calls / 4 in flight: ~3 s to kill it in
         pairs, cfg = _setup(tmp_path, server, ["ok"] * n_pairs, teacher={"max_concurrency": 4})
-        out, log_path = tmp_path / "calls.parquet", tmp_path / "calls.jsonl"
-        cmd = [sys.executable, "-m", "sp2dpo.cli", "annotate", "--pairs", str(pairs), "--out", str(out),
-               "--params", str(cfg), "--report", str(tmp_path / "r.json")]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if log_path.exists() and log_path.read_bytes().count(b"\n") >= 30:
-                break
-            time.sleep(0.01)
+        out, store = tmp_path / "calls.parquet", tmp_path / "calls"
+        proc = _start_annotate(tmp_path, pairs, cfg, out)
+        _wait_for_lines(store, 30)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert not out.exists(), "killed before the end: no call table yet"
         # Simulate being killed in the middle of writing a record as well.
-        with open(log_path, "ab") as fh:
+        [segment] = store.iterdir()
+        with open(segment, "ab") as fh:
             fh.write(b'{"key": "0123", "status": "o')
-        done = CallLog(log_path).read()
+        done = CallStore(store).read()
         assert 30 <= len(done) < 3 * n_pairs
         before = dict(server.counts)
 
@@ -265,8 +286,8 @@ def test_sigkill_mid_run_resumes_without_redoing_or_duplicating(tmp_path):
     table = pd.read_parquet(out)
     assert len(table) == 3 * n_pairs and not table.duplicated(["prompt_id", "annotator", "variant"]).any()
     assert (table["status"] == "ok").all()
-    records = CallLog(log_path).read()
-    keys = [json.loads(line)["key"] for line in log_path.read_text().splitlines()
+    records = CallStore(store).read()
+    keys = [json.loads(line)["key"] for s in sorted(store.iterdir()) for line in s.read_text().splitlines()
             if line.startswith('{"') and line.endswith("}")]
     assert len(keys) == len(set(keys)) == 3 * n_pairs == len(records)
     # Finished calls were not requested again; at most the calls in flight (4) were repeated.
@@ -275,6 +296,36 @@ def test_sigkill_mid_run_resumes_without_redoing_or_duplicating(tmp_path):
     repeated = sum(1 for call, count in server.counts.items() if count > 1)
     assert repeated <= 4
     assert sum(before.values()) <= len(done) + 4
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]],
+                         ids=["sigterm", "double-sigint"])
+def test_stopping_signals_store_every_call_in_flight(tmp_path, signals):
+    """SIGTERM, or Ctrl-C twice, mid-run against a slow server: the calls in flight finish and
+    are stored, the command ends with one line and no traceback, and the re-run requests no call
+    a second time (nothing is paid twice)."""
+    n_pairs = 30
+    with FaultServer(latency_s=0.5) as server:
+        pairs, cfg = _setup(tmp_path, server, ["ok"] * n_pairs, teacher={"max_concurrency": 4})
+        out, store = tmp_path / "calls.parquet", tmp_path / "calls"
+        proc = _start_annotate(tmp_path, pairs, cfg, out)
+        _wait_for_lines(store, 8)
+        for signum in signals:
+            os.kill(proc.pid, signum)
+            time.sleep(0.05)  # the second Ctrl-C lands while calls are still in flight
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signals[0], err
+        assert "Traceback" not in err
+        stopped = [line for line in err.splitlines() if line.startswith("sp2dpo: error:")]
+        assert len(stopped) == 1 and f"stopped by {signals[0].name}" in stopped[0]
+        stored = CallStore(store).read()
+        assert 8 <= len(stored) < 3 * n_pairs
+        assert len(server.requests) == len(stored)  # every request that was answered is stored
+
+        summary = annotate_file(cfg, pairs, out, report=None)
+        assert summary["calls_made"] == 3 * n_pairs - len(stored)
+    assert max(server.counts.values()) == 1  # no call was requested twice
+    assert len(server.counts) == 3 * n_pairs
 
 
 def test_call_table_schema_rejects_inconsistent_rows(tmp_path):
@@ -290,3 +341,100 @@ def test_call_table_schema_rejects_inconsistent_rows(tmp_path):
     bad.loc[bad["status"] != "ok", "magnitude"] = 0.5
     with pytest.raises(SchemaViolation, match="ok rows carry"):
         validate(bad, schemas.AnnotatedCallTable, "t")
+
+
+def _varied_reply(body: dict) -> tuple[str, None]:
+    """A teacher whose answer depends on the request: distinct gaps, so the artifact is not flat."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).digest()
+    categories = list(schemas.CATEGORIES)
+    return json.dumps({
+        "semantic_gap_category": categories[digest[0] % len(categories)],
+        "semantic_gap_magnitude": round(digest[1] / 255, 2),
+        "semantic_gap_confidence": round(digest[2] / 255, 2),
+    }), None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_outage_is_never_final_and_resuming_gives_the_uninterrupted_artifact(tmp_path):
+    """The teacher is down for the first run (nothing listens on its port) and up for the second:
+    the first run stores every call as transient and exits non-zero; the second makes exactly those
+    calls and exits 0; the beta artifact equals the one of a run that never saw the outage."""
+    from sp2dpo import aggregate
+    from sp2dpo.core import config
+
+    port = _free_port()
+    pairs = tmp_path / "pairs.jsonl"
+    pairs_frame(["ok"] * 6).to_json(pairs, orient="records", lines=True)
+    entry = {"id": "t", "backend": "openai", "preset": "generic", "model": "t-model",
+             "base_url": f"http://127.0.0.1:{port}/v1", "max_concurrency": 2}
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(yaml.safe_dump(params([entry], max_retries=1)))
+    out = tmp_path / "down" / "calls.parquet"
+
+    argv = ["annotate", "--pairs", str(pairs), "--out", str(out), "--params", str(cfg)]
+    assert cli.main(argv) == 2
+    table = pd.read_parquet(out)
+    assert len(table) == 18 and table["transient"].all() and (table["status"] == "http_error").all()
+    assert table["error"].str.contains("connection").all()
+    assert len(CallStore(tmp_path / "down" / "calls").read()) == 18
+
+    with FaultServer(port=port, responder=_varied_reply) as server:
+        assert cli.main(argv) == 0  # exactly the 18 transient calls, now answered
+        assert len(server.requests) == 18 and max(server.counts.values()) == 1
+        resumed = pd.read_parquet(out)
+        assert (resumed["status"] == "ok").all() and not resumed["transient"].any()
+        assert cli.main(argv) == 0 and len(server.requests) == 18  # and nothing again
+        uninterrupted = tmp_path / "up" / "calls.parquet"
+        assert cli.main(["annotate", "--pairs", str(pairs), "--out", str(uninterrupted),
+                         "--params", str(cfg)]) == 0
+
+    agg, beta = config.AggregateConfig(), config.BetaConfig()
+    for name in ("down", "up"):
+        aggregate.run(agg, beta, aggregate.AggregatePaths(tmp_path / name / "calls.parquet",
+                                                          tmp_path / name / "beta.csv"))
+    first, second = (tmp_path / "down" / "beta.csv").read_bytes(), (tmp_path / "up" / "beta.csv").read_bytes()
+    assert first == second and first.count(b"\n") == 7
+
+
+def test_a_bad_output_name_is_refused_before_any_call(tmp_path, capsys):
+    with FaultServer() as server:
+        pairs, cfg = _setup(tmp_path, server, ["ok"] * 2)
+        assert cli.main(["annotate", "--pairs", str(pairs), "--out", str(tmp_path / "calls.txt"),
+                         "--params", str(cfg)]) == 2
+        assert server.requests == []
+    assert "calls.txt: the call table must be .parquet or .csv" in capsys.readouterr().err
+
+
+def test_http_teachers_have_a_request_size_cap(tmp_path):
+    """A huge pair is sent cut to max_input_chars (its fields' middles, marked), recorded as
+    truncated, under a key of its own; pairs under the cap keep the keys they have without one."""
+    with FaultServer() as server:
+        frame = pairs_frame(["ok", "ok"])
+        frame.loc[1, "chosen"] = "A long reply. " * 40_000  # 560,000 characters
+        pairs = tmp_path / "pairs.jsonl"
+        frame.to_json(pairs, orient="records", lines=True)
+        cfg = tmp_path / "params.yaml"
+        cfg.write_text(yaml.safe_dump(params([teacher(server, max_input_chars=20_000)], variants=1)))
+        annotate_file(cfg, pairs, tmp_path / "calls.parquet", report=None)
+        sizes = {r["call"]: sum(len(m["content"]) for m in r["body"]["messages"]) for r in server.requests}
+        texts = [" ".join(m["content"] for m in r["body"]["messages"]) for r in server.requests]
+        default_cap = tmp_path / "default-cap.yaml"
+        default_cap.write_text(yaml.safe_dump(params([teacher(server)], variants=1)))
+        keys_20k = pd.read_parquet(tmp_path / "calls.parquet").set_index("prompt_id")["call_key"]
+        annotate_file(default_cap, pairs, tmp_path / "default.parquet", report=None)
+        keys_200k = pd.read_parquet(tmp_path / "default.parquet").set_index("prompt_id")["call_key"]
+    assert max(sizes.values()) <= 20_000 and any("[...]" in t for t in texts)
+    records = {r["prompt_id"]: r for r in CallStore(tmp_path / "calls").read().values()}
+    assert records["p001-ok"]["truncated"] is True and records["p000-ok"]["truncated"] is False
+    assert records["p001-ok"]["decode"]["max_input_chars"] == 20_000
+    assert keys_20k["p000-ok"] == keys_200k["p000-ok"]  # under both caps: the same request, the same key
+    assert keys_20k["p001-ok"] != keys_200k["p001-ok"]  # cut to different lengths: different requests

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sp2dpo.annotate.cache import CallLog
+from sp2dpo.annotate.cache import CallStore
 from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
 from sp2dpo.llm.teachers import signature
 from tests.conftest import annotate_file
@@ -22,7 +22,7 @@ def test_too_small_input_budget_is_a_config_error_naming_the_teacher(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params([{**LOCAL, "max_input_tokens": 64}], variants=1)))
     with pytest.raises(ConfigError, match="teacher 'smollm2': max_input_tokens=64 is too small"):
         annotate_file(tmp_path / "params.yaml", tmp_path / "pairs.parquet", tmp_path / "c.parquet", report=None)
-    assert not CallLog(tmp_path / "c.jsonl").read()
+    assert not CallStore(tmp_path / "c").read()
 
 
 def test_local_signature_tracks_the_scorer_source():
@@ -56,5 +56,5 @@ def test_local_teacher_annotates_deterministically(tmp_path):
     annotate_file(tmp_path / "params.yaml", tmp_path / "pairs.parquet", again, report=None)
     columns = ["category", "magnitude", "confidence", "call_key", "request_sha256"]
     pd.testing.assert_frame_equal(table[columns], pd.read_parquet(again)[columns])
-    record = next(iter(CallLog(tmp_path / "calls.jsonl").read().values()))
+    record = next(iter(CallStore(tmp_path / "calls").read().values()))
     assert record["backend"] == "local" and record["raw_response"] == record["response_text"]

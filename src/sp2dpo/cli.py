@@ -91,7 +91,7 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
     params = _params(args.params, ["teachers", "prompts", "decoding", "annotate"])
     default = annotate.AnnotatePaths.pipeline()
     out = Path(args.out)
-    log_path = Path(args.log) if args.log else _side(out, default.out, default.call_log, out.with_suffix(".jsonl"))
+    log_path = Path(args.log) if args.log else _side(out, default.out, default.call_store, out.with_suffix(""))
     report_path = None
     if not args.estimate:
         report_path = Path(args.report or _side(out, default.out, default.report, out.parent / "annotate.json"))
@@ -111,7 +111,9 @@ def _add_annotate(sub: Subparsers) -> None:
         help="pairs table (.parquet, .jsonl, .csv) with prompt_id, prompt, chosen, rejected",
     )
     p.add_argument("--out", default=str(annotate.AnnotatePaths.pipeline().out), help="call table to write (.parquet or .csv)")
-    p.add_argument("--log", default=None, help="append-only call log, also the cache (default: CALLS with suffix .jsonl)")
+    p.add_argument("--log", default=None,
+                   help="call store, also the cache: a folder of segments, or one .jsonl file "
+                   "(default: CALLS without its suffix, e.g. data/annotate/calls/)")
     p.add_argument("--report", default=None, help="report JSON (default: beside --out)")
     p.add_argument("--estimate", action="store_true",
                    help="dry run: print calls, tokens and cost per teacher; call nothing")
@@ -254,7 +256,8 @@ def _cmd_audit_diff(args: argparse.Namespace) -> int:
         top=args.top,
     )
     print(audit.render(result, "json" if args.json else args.format), end="")
-    return 1 if args.fail_on_change and result["n_changed"] > 0 else 0
+    changed = result["n_changed"] + result["added"] + result["removed"]
+    return 1 if args.fail_on_change and changed > 0 else 0
 
 
 def _add_audit(sub: Subparsers) -> None:
@@ -281,7 +284,8 @@ def _add_audit(sub: Subparsers) -> None:
     d.add_argument("--allow-panel-change", action="store_true",
                    help="compare artifacts produced by different teacher panels")
     d.add_argument("--fail-on-change", action="store_true",
-                   help="exit with status 1 when any pair changed by more than the threshold (CI gate)")
+                   help="exit with status 1 when a pair was added or removed, or changed by more "
+                   "than the threshold (CI gate)")
     d.set_defaults(func=_cmd_audit_diff)
 
 

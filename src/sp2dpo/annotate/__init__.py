@@ -11,7 +11,8 @@ The teachers themselves (HTTP client, in-process scorer, retries, parsing) live 
 :mod:`sp2dpo.llm`, shared with the judge.
 """
 
-from sp2dpo.annotate.cache import CallLog, call_key
-from sp2dpo.annotate.stage import AnnotatePaths, run
+from sp2dpo.annotate.cache import CallStore, call_key
+from sp2dpo.annotate.execute import Interrupted
+from sp2dpo.annotate.stage import AnnotatePaths, TransientFailures, run
 
-__all__ = ["AnnotatePaths", "CallLog", "call_key", "run"]
+__all__ = ["AnnotatePaths", "CallStore", "Interrupted", "TransientFailures", "call_key", "run"]

@@ -1,23 +1,38 @@
-"""The append-only call log (JSON lines) that doubles as the annotation cache.
+"""The call store: the append-only record of every teacher call, which doubles as the cache.
 
-One record per finished teacher call, keyed by :func:`call_key`: a sha256 over the pair's
-content, the teacher id and model, the variant's template hash and the decoding settings as
-sent. A run skips every key already in the log; adding a teacher or a variant, or changing a
+One record per finished call, keyed by :func:`call_key`: a sha256 over the pair's content, the
+teacher id and model, the variant's template hash and the decoding settings as sent. A run skips
+every key already stored with a final outcome; adding a teacher or a variant, or changing a
 template or a decoding setting, only calls what is new.
+
+Layout: a folder of JSON-lines *segments* (``data/annotate/calls/`` in the pipeline). Each run
+that makes calls appends them to one new segment, named by its UTC start time, and never
+rewrites an old one; reading takes every segment in name order, the newest record of a key
+winning (a transient failure is later superseded by the successful call). Immutable segments
+are what lets DVC version the store incrementally: ``dvc.yaml`` declares the folder a cached,
+persistent output, so ``dvc exp run --temp`` and ``--queue`` workspaces and fresh clones
+(``dvc pull``) get every call made so far from the DVC cache or remote, and a new version only
+adds the new segment. A plain ``.jsonl`` file is read and appended as a one-segment store;
+:meth:`CallStore.import_log` copies such a log (the layout of earlier versions) into a folder.
+
+``SP2DPO_SHARED_CALLS`` (a folder, e.g. on a shared filesystem) adds a live store shared by
+concurrent runs: its segments are read too, and each call is also appended there, so parallel
+queue workers or machines see each other's finished calls without waiting for a DVC push.
 
 Durability: records are appended by one writer at a time (a lock), each with a single
 ``write`` on an ``O_APPEND`` descriptor followed by ``fsync``, so a SIGKILL loses at most the
-calls in flight. A torn last line (killed mid-write) is ignored on read and terminated with a
-newline before the next append, so the log stays append-only and never holds a key twice
-(except superseded non-final records, see ``annotate.redo_statuses``; the newest record wins).
+calls in flight. A torn last line (killed mid-write) is ignored on read and, in a one-file
+store, terminated with a newline before the next append.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
 import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -64,72 +79,155 @@ def call_key(
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class CallLog:
-    """Append-only JSONL call log at ``path``; thread-safe appends.
+#: Environment variable naming a shared live call store (a folder) read and written besides the
+#: run's own store.
+SHARED_ENV = "SP2DPO_SHARED_CALLS"
+
+
+def _read_segment(path: Path, records: dict[str, dict[str, Any]]) -> int:
+    """Add the records of one segment to ``records`` (newest wins); returns lines skipped."""
+    skipped = 0
+    lines = path.read_bytes().split(b"\n")
+    if lines and lines[-1].strip():
+        skipped += 1  # torn last line: the writer was killed mid-record
+        log.warning("%s: ignoring an incomplete last line (interrupted write)", path)
+    for number, line in enumerate(lines[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if not isinstance(record, dict) or "key" not in record or "status" not in record:
+            skipped += 1
+            log.warning("%s line %d: not a call record, ignored", path, number)
+            continue
+        records[record["key"]] = record
+    return skipped
+
+
+class _Segment:
+    """One append-only JSON-lines file, opened lazily (a run that makes no call writes nothing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def append(self, data: bytes) -> None:
+        if self.fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            size = os.fstat(self.fd).st_size
+            if size:
+                with open(self.path, "rb") as fh:
+                    fh.seek(size - 1)
+                    if fh.read(1) != b"\n":
+                        # Terminate a torn last line so the next record starts on its own line.
+                        self._write(b"\n")
+        self._write(data)
+        os.fsync(self.fd)
+
+    def _write(self, data: bytes) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class CallStore:
+    """The call store at ``path``: a folder of segments, or one ``.jsonl`` file; thread-safe
+    appends.
 
     Use as a context manager to append; :meth:`read` works without opening.
+
+    Args:
+        path: the store (a folder, created on the first append; or a ``.jsonl`` file).
+        extra: stores read besides ``path`` (e.g. the previous layout's ``calls.jsonl``).
+        shared: a live store shared by concurrent runs (default: ``$SP2DPO_SHARED_CALLS``);
+            read, and every record also appended there.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        extra: tuple[str | Path, ...] = (),
+        shared: str | Path | None = None,
+    ) -> None:
         self.path = Path(path)
-        self._fd: int | None = None
+        shared = shared if shared is not None else os.environ.get(SHARED_ENV) or None
+        self.shared = Path(shared) if shared else None
+        self.extra = tuple(Path(p) for p in extra)
         self._lock = threading.Lock()
+        self._segments: list[_Segment] = []
         self.skipped_lines = 0
+
+    @property
+    def is_file(self) -> bool:
+        return self.path.suffix == ".jsonl"
+
+    def segments(self) -> list[Path]:
+        """Every segment file read, in reading order (extra stores, the shared one, this one)."""
+        found: list[Path] = []
+        for store in (*self.extra, *([self.shared] if self.shared else []), self.path):
+            if store.is_file():
+                found.append(store)
+            elif store.is_dir():
+                found.extend(sorted(store.glob("*.jsonl")))
+        return found
+
+    def ensure(self) -> None:
+        """Create the store's folder (an empty store is a valid DVC output)."""
+        if not self.is_file:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def import_log(self, log_file: str | Path) -> Path | None:
+        """Copy a one-file call log (the earlier layout) into this folder store as a segment that
+        sorts first, once (named by its content hash); returns the segment, None if already there."""
+        log_file = Path(log_file)
+        digest = hashlib.sha256(log_file.read_bytes()).hexdigest()[:16]
+        target = self.path / f"00000000T000000000000Z-import-{digest}.jsonl"
+        if self.is_file or target.exists():
+            return None
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(log_file.read_bytes())
+        os.replace(tmp, target)
+        return target
 
     def read(self) -> dict[str, dict[str, Any]]:
         """Every complete record, newest per key; torn or corrupt lines are skipped and counted."""
         records: dict[str, dict[str, Any]] = {}
-        self.skipped_lines = 0
-        if not self.path.exists():
-            return records
-        data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        if lines and lines[-1].strip():
-            self.skipped_lines += 1  # torn last line: the writer was killed mid-record
-            log.warning("%s: ignoring an incomplete last line (interrupted write)", self.path)
-        for number, line in enumerate(lines[:-1], start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                record = None
-            if not isinstance(record, dict) or "key" not in record or "status" not in record:
-                self.skipped_lines += 1
-                log.warning("%s line %d: not a call record, ignored", self.path, number)
-                continue
-            records[record["key"]] = record
+        self.skipped_lines = sum(_read_segment(path, records) for path in self.segments())
         return records
 
-    def __enter__(self) -> CallLog:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        size = os.fstat(self._fd).st_size
-        if size:
-            with open(self.path, "rb") as fh:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":
-                    # Terminate a torn last line so the next record starts on its own line.
-                    self._write(b"\n")
+    def __enter__(self) -> CallStore:
+        name = (
+            dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            + f"-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
+        )
+        targets = [self.path if self.is_file else self.path / name]
+        if self.shared is not None:
+            targets.append(self.shared / name)
+        self._segments = [_Segment(p) for p in targets]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for segment in self._segments:
+            segment.close()
+        self._segments = []
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record durably (one write, then fsync)."""
+        """Append one record durably (one write, then fsync) to this run's segment(s)."""
         line = json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n"
         with self._lock:
-            if self._fd is None:
-                raise RuntimeError(f"{self.path}: call log is not open for appending")
-            self._write(line.encode("utf-8"))
-            os.fsync(self._fd)
-
-    def _write(self, data: bytes) -> None:
-        assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+            if not self._segments:
+                raise RuntimeError(f"{self.path}: call store is not open for appending")
+            for segment in self._segments:
+                segment.append(line.encode("utf-8"))

@@ -1,21 +1,29 @@
 """Making the planned calls: one thread pool per teacher behind its rate limiter, each finished
-call appended to the call log at once, a progress bar with the running cost.
+call appended to the call store at once, a progress bar with the running cost.
+
+Stopping: SIGINT (Ctrl-C) and SIGTERM stop new calls from starting; the calls in flight finish
+and are stored (a reply is paid for: it is never asked again), whatever further signals arrive;
+then :class:`Interrupted` ends the stage with one line. Only SIGKILL loses calls in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import signal
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
 
-from sp2dpo.annotate.cache import LOG_VERSION, CallLog, pair_sha256
+from sp2dpo.annotate.cache import LOG_VERSION, CallStore, pair_sha256
 from sp2dpo.annotate.plan import CallSpec
 from sp2dpo.annotate.prompts import Variant, messages_sha256
+from sp2dpo.core.errors import UserError
 from sp2dpo.llm.client import PRESETS, AuthError
 from sp2dpo.llm.teachers import CallResult, Teacher, signature
 
@@ -81,6 +89,7 @@ def _record(
         "response_text": result.text,
         "raw_response": result.raw,
         "error": result.error,
+        "transient": result.transient,
         "attempts": result.attempts,
         "latency_s": None if result.latency_s is None else round(result.latency_s, 4),
         "elapsed_s": round(result.elapsed_s, 4),
@@ -99,24 +108,48 @@ def _record(
     }
 
 
+class Interrupted(UserError):
+    """The run was stopped by a signal; every finished call is stored."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_status = 128 + signum
+
+
+@contextlib.contextmanager
+def _signals(handler: Callable[[int], None]) -> Iterator[None]:
+    """``handler(signum)`` for SIGINT and SIGTERM while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: handler(signum))
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
 def execute(
     todo: list[CallSpec],
     pairs: pd.DataFrame,
     teachers: list[Teacher | None],
     variants: list[Variant],
-    call_log: CallLog,
+    store: CallStore,
     *,
     progress: bool = True,
 ) -> Counter[str]:
-    """Make the ``todo`` calls, appending each finished one to the (open) ``call_log``.
+    """Make the ``todo`` calls, appending each finished one to the (open) call ``store``.
 
     Returns:
         Calls made per teacher id.
 
     Raises:
         AuthError: a teacher's key is missing or rejected (other teachers' calls in flight are
-            still logged; nothing else starts).
-        KeyboardInterrupt: after the calls in flight have been logged.
+            still stored; nothing else starts).
+        Interrupted: SIGINT or SIGTERM arrived; raised once the calls in flight are stored.
     """
     by_teacher: dict[int, list[CallSpec]] = {}
     for spec in todo:
@@ -127,6 +160,20 @@ def execute(
     stop = threading.Event()
     errors: list[BaseException] = []
     bar = _Progress(len(todo), progress)
+    in_flight = [0]
+    in_flight_lock = threading.Lock()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+        name = signal.Signals(signum).name
+        if len(received) == 1:
+            log.warning("%s: stopping; waiting for %d call(s) in flight to finish and be stored",
+                        name, in_flight[0])
+        else:
+            log.warning("%s again: still waiting for %d call(s) in flight; they are paid for and "
+                        "will be stored (each ends within decoding.timeout_s)", name, in_flight[0])
 
     def worker(ti: int, queue: list[CallSpec], lock: threading.Lock) -> None:
         teacher = teachers[ti]
@@ -138,14 +185,27 @@ def execute(
                     spec = queue.pop()
                 pair = rows[spec.row]
                 variant = variants[spec.variant]
-                messages = variant.render(pair.prompt, pair.chosen, pair.rejected)
-                result = teacher.judge(messages, stop)
-                if result is None:  # stopped before the call finished: not logged, redone later
+                if spec.max_chars is None:
+                    messages, truncated = variant.render(pair.prompt, pair.chosen, pair.rejected), False
+                else:
+                    messages, truncated = variant.render_within(
+                        pair.prompt, pair.chosen, pair.rejected, spec.max_chars
+                    )
+                with in_flight_lock:
+                    in_flight[0] += 1
+                try:
+                    result = teacher.judge(messages, stop)
+                finally:
+                    with in_flight_lock:
+                        in_flight[0] -= 1
+                if result is None:  # stopped before any attempt ended: nothing paid, redone later
                     return
                 content = contents.get(spec.row) or pair_sha256(pair.prompt, pair.chosen, pair.rejected)
                 contents[spec.row] = content
-                record = _record(spec, pair, teacher, variant, messages, sigs[ti], content, result)
-                call_log.append(record)
+                sig = sigs[ti] if spec.max_chars is None else {**sigs[ti], "max_input_chars": spec.max_chars}
+                record = _record(spec, pair, teacher, variant, messages, sig, content, result)
+                record["truncated"] = truncated
+                store.append(record)
                 bar.update(teacher.cfg.id, result.status, record["cost_usd"])
         except BaseException as exc:  # re-raised by the main thread
             errors.append(exc)
@@ -161,18 +221,21 @@ def execute(
             thread.start()
             threads.append(thread)
     try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.2)
-    except KeyboardInterrupt:
-        stop.set()
-        log.warning("interrupted: waiting for the calls in flight to be logged")
-        for thread in threads:
-            thread.join()
-        raise
+        with _signals(on_signal):
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.2)
     finally:
         bar.close()
     if errors:
         auth = [e for e in errors if isinstance(e, AuthError)]
         raise (auth or errors)[0]
+    if received:
+        name = signal.Signals(received[0]).name
+        made = sum(bar.made.values())
+        raise Interrupted(
+            f"annotate stopped by {name}: {made} call(s) made now are stored in {store.path}, "
+            f"{len(todo) - made} not made; re-run to continue (stored calls are never made again)",
+            received[0],
+        )
     return bar.made

@@ -18,17 +18,19 @@ from sp2dpo.annotate.cache import call_key, pair_sha256
 from sp2dpo.annotate.prompts import Variant
 from sp2dpo.core.config import AnnotateConfig, DecodingConfig, TeacherConfig
 from sp2dpo.core.sampling import seeded_subset
-from sp2dpo.llm.teachers import signature
+from sp2dpo.llm.teachers import TRANSIENT_STATUSES, signature
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CallSpec:
-    """One planned call; messages are rendered only when the call is made."""
+    """One planned call; messages are rendered only when the call is made. ``max_chars``: the
+    request-size cap of an HTTP teacher when this call's messages exceed it (else None)."""
 
     key: str
     row: int
     teacher: int
     variant: int
+    max_chars: int | None = None
 
 
 #: Hash domain of the deterministic pair subset (see :func:`select_pairs`).
@@ -54,13 +56,24 @@ def plan_calls(
     variants: list[Variant],
     decoding: DecodingConfig,
 ) -> list[CallSpec]:
-    """Every call of the run, pair-major (pair, then teacher, then variant)."""
+    """Every call of the run, pair-major (pair, then teacher, then variant).
+
+    A call to an HTTP teacher whose messages would exceed ``max_input_chars`` is sent with the
+    pair cut to fit; its key then includes the cap (a different cap is a different request),
+    while every call under the cap keeps the key it would have without one.
+    """
     signatures = [signature(t, decoding) for t in teachers]
     specs = []
     for row, pair in enumerate(pairs.itertuples(index=False)):
         content = pair_sha256(pair.prompt, pair.chosen, pair.rejected)
         for ti, teacher in enumerate(teachers):
             for vi, variant in enumerate(variants):
+                decode, cap = signatures[ti], None
+                if teacher.backend == "openai" and (
+                    variant.size(pair.prompt, pair.chosen, pair.rejected) > teacher.max_input_chars
+                ):
+                    cap = teacher.max_input_chars
+                    decode = {**decode, "max_input_chars": cap}
                 key = call_key(
                     prompt_id=pair.prompt_id,
                     pair_sha256=content,
@@ -68,14 +81,29 @@ def plan_calls(
                     model=teacher.model,
                     variant=variant.name,
                     template_sha256=variant.template_sha256,
-                    decode=signatures[ti],
+                    decode=decode,
                 )
-                specs.append(CallSpec(key, row, ti, vi))
+                specs.append(CallSpec(key, row, ti, vi, cap))
     return specs
 
 
 def is_done(record: dict[str, Any] | None, redo: set[str]) -> bool:
-    return record is not None and record["status"] not in redo and record["status"] != "auth_error"
+    """Whether a stored call is final, so a run does not call it again.
+
+    Final: an answer (``ok``), a refusal that would repeat (``content_filter``), an output that
+    stayed invalid after the retries (``invalid_json``, ``out_of_range``), or an HTTP error the
+    server meant for good (4xx other than 408/409/425/429). Never final: an ``auth_error``, a
+    transient failure (connection, timeout, 429 or 5xx after the retries; records written before
+    the ``transient`` flag existed count as transient), and any status in ``redo``.
+    """
+    if record is None:
+        return False
+    status = record["status"]
+    if status in redo or status == "auth_error":
+        return False
+    if status in TRANSIENT_STATUSES:
+        return record.get("transient") is False
+    return True
 
 
 def estimate(
@@ -94,13 +122,16 @@ def estimate(
     """
     specs = plan_calls(pairs, teachers, variants, decoding)
     redo = set(settings.redo_statuses)
-    lengths = (pairs["prompt"].str.len() + pairs["chosen"].str.len() + pairs["rejected"].str.len()).tolist()
-    fixed = [len(v.system) + len(v.user) for v in variants]
+    rows = list(pairs.itertuples(index=False))
     per_teacher: dict[str, dict[str, Any]] = {}
     for ti, teacher in enumerate(teachers):
         todo = [s for s in specs if s.teacher == ti and not is_done(records.get(s.key), redo)]
         total = sum(1 for s in specs if s.teacher == ti)
-        chars = sum(lengths[s.row] + fixed[s.variant] for s in todo)
+        chars = sum(
+            min(variants[s.variant].size(rows[s.row].prompt, rows[s.row].chosen, rows[s.row].rejected),
+                s.max_chars or math.inf)
+            for s in todo
+        )
         tokens_in = math.ceil(chars / settings.chars_per_token)
         tokens_out = len(todo) * decoding.max_tokens
         per_teacher[teacher.id] = {
@@ -111,6 +142,7 @@ def estimate(
             "to_call": len(todo),
             "input_tokens_est": tokens_in,
             "output_tokens_max": tokens_out,
+            "truncated": sum(1 for s in todo if s.max_chars is not None),
             "cost_usd_max": round(
                 (tokens_in * teacher.price_in_per_m + tokens_out * teacher.price_out_per_m) / 1e6, 4
             ),

@@ -10,9 +10,11 @@ cannot contain a closing marker with that code, so the delimiters are unambiguou
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 from sp2dpo.core.config import ConfigError, PromptsConfig
@@ -48,6 +50,85 @@ class Variant:
             prompt=prompt, winner=winner, loser=loser, boundary=boundary(prompt, winner, loser)
         )
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+    def size(self, prompt: str, winner: str, loser: str) -> int:
+        """Characters of the rendered messages (system and user), without rendering them."""
+        base, counts = _template_shape(self.system, self.user)
+        return base + counts["prompt"] * len(prompt) + counts["winner"] * len(winner) + counts[
+            "loser"
+        ] * len(loser)
+
+    def render_within(
+        self, prompt: str, winner: str, loser: str, max_chars: int
+    ) -> tuple[list[dict[str, str]], bool]:
+        """:meth:`render`, with the pair's fields cut (:func:`fit_fields`) so the messages have
+        at most ``max_chars`` characters; returns the messages and whether a field was cut.
+
+        Raises:
+            ConfigError: the templates alone do not fit ``max_chars``.
+        """
+        size = self.size(prompt, winner, loser)
+        if size <= max_chars:
+            return self.render(prompt, winner, loser), False
+        fields = [prompt, winner, loser]
+        fixed = size - sum(map(len, fields))
+        try:
+            cut = fit_fields(fields, max_chars - fixed)
+        except ValueError:
+            raise ConfigError(
+                f"max_input_chars={max_chars} cannot hold variant {self.name}'s templates "
+                f"({fixed} characters) and a shortened pair"
+            ) from None
+        return self.render(*cut), True
+
+
+#: What replaces the middle of a field cut to fit a request-size cap.
+CUT_MARKER = " [...] "
+
+
+def fit_fields(fields: Sequence[str], budget: int) -> list[str]:
+    """Shorten the longest fields to a common length so their total is at most ``budget``
+    characters; a cut field keeps its start and its end around :data:`CUT_MARKER`.
+
+    >>> fit_fields(["a" * 10, "bb", "c" * 30], 30)
+    ['aaaaaaaaaa', 'bb', 'cccccc [...] ccccc']
+    """
+    if sum(map(len, fields)) <= budget:
+        return list(fields)
+    if budget < len(fields) * (len(CUT_MARKER) + 2):
+        raise ValueError(f"a budget of {budget} characters cannot hold {len(fields)} cut fields")
+    lengths = sorted(map(len, fields))
+    # The largest cap c with sum(min(len, c)) <= budget.
+    cap, used = 0, 0
+    for i, n in enumerate(lengths):
+        rest = len(lengths) - i
+        if used + n * rest <= budget:
+            used += n
+            cap = n
+            continue
+        cap = (budget - used) // rest
+        break
+    out = []
+    for text in fields:
+        if len(text) <= cap:
+            out.append(text)
+        else:
+            keep = max(cap - len(CUT_MARKER), 2)
+            out.append(text[: (keep + 1) // 2] + CUT_MARKER + text[len(text) - keep // 2 :])
+    return out
+
+
+@functools.cache
+def _template_shape(system: str, user: str) -> tuple[int, dict[str, int]]:
+    """The rendered length with empty fields, and how often each field placeholder occurs."""
+    template = string.Template(user)
+    counts = dict.fromkeys(USER_PLACEHOLDERS, 0)
+    for match in template.pattern.finditer(user):
+        name = match.group("named") or match.group("braced")
+        if name in counts:
+            counts[name] += 1
+    empty = template.substitute(prompt="", winner="", loser="", boundary="0" * 16)
+    return len(system) + len(empty), counts
 
 
 def boundary(prompt: str, winner: str, loser: str) -> str:

@@ -14,12 +14,14 @@ from sp2dpo.annotate.plan import CallSpec
 from sp2dpo.annotate.prompts import Variant
 from sp2dpo.core import schemas
 from sp2dpo.core.config import TeacherConfig
+from sp2dpo.llm.teachers import TRANSIENT_STATUSES
 
 #: Columns of the call table, in order: the pinned seven, then bookkeeping.
 TABLE_COLUMNS = [
     "prompt_id", "annotator", "variant", "category", "magnitude", "confidence", "status",
     "model", "call_key", "template_sha256", "request_sha256", "attempts", "latency_s",
-    "prompt_tokens", "completion_tokens", "cost_usd", "response_text", "error", "timestamp",
+    "prompt_tokens", "completion_tokens", "cost_usd", "response_text", "error", "transient",
+    "timestamp",
 ]
 
 
@@ -35,6 +37,10 @@ def call_table(specs: list[CallSpec], records: dict[str, dict[str, Any]]) -> pd.
     for column in ("magnitude", "confidence", "latency_s", "prompt_tokens", "completion_tokens", "cost_usd"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     frame["attempts"] = frame["attempts"].astype("int64")
+    # Records from before the flag existed: a connection error or timeout counts as transient.
+    legacy = frame["transient"].isna()
+    frame.loc[legacy, "transient"] = frame.loc[legacy, "status"].isin(sorted(TRANSIENT_STATUSES))
+    frame["transient"] = frame["transient"].astype(bool)
     return frame
 
 
@@ -67,6 +73,7 @@ def report(
             "calls": len(part),
             "calls_made": int(made.get(t.id, 0)),
             "status": {s: int(counts.get(s, 0)) for s in schemas.CALL_STATUSES},
+            "transient": int(part["transient"].sum()),
             "ok_rate": round(float((part["status"] == "ok").mean()), 4) if len(part) else None,
             "pairs_incomplete": int(part["prompt_id"].nunique() - complete),
             "latency_s": _percentiles(part["latency_s"]),
@@ -85,6 +92,7 @@ def report(
         "calls_cached": len(table) - int(sum(made.values())),
         "pairs_complete": int((ok == len(teachers) * n_variants).sum()),
         "status": {s: int((table["status"] == s).sum()) for s in schemas.CALL_STATUSES},
+        "transient": int(table["transient"].sum()),
         "cost_usd": round(float(table["cost_usd"].sum()), 6),
         "log_lines_skipped": skipped_lines,
         "per_teacher": per_teacher,

@@ -1,11 +1,13 @@
-"""The ``annotate`` stage: plan every call, skip cached ones, run the rest, write table and report.
+"""The ``annotate`` stage: plan every call, skip stored ones, run the rest, write table and report.
 
-One call per (pair, teacher, variant) (:mod:`.plan`). Calls already in the call log (same key)
-are skipped, so a re-run, a run after a crash, or a run with one more teacher or variant only
-calls what is new. Each teacher runs on its own pool of ``max_concurrency`` threads (one for a
-local model) behind its rpm/tpm limiter; every finished call is appended to the log at once
+One call per (pair, teacher, variant) (:mod:`.plan`). Calls already in the call store with a
+final outcome are skipped, so a re-run, a run after a crash, or a run with one more teacher or
+variant only calls what is new. Each teacher runs on its own pool of ``max_concurrency`` threads
+(one for a local model) behind its rpm/tpm limiter; every finished call is stored at once
 (:mod:`.execute`). When all calls have ended, the call table (one row per call, whatever its
-status) and the report are written from the log (:mod:`.report`).
+status) and the report are written from the store (:mod:`.report`). Calls that ended with a
+transient failure (connection, timeout, 429/5xx after the retries) are written too, and the
+stage then fails with :class:`TransientFailures`: a re-run calls exactly those again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sp2dpo.annotate.cache import CallLog
+from sp2dpo.annotate.cache import CallStore
 from sp2dpo.annotate.execute import execute
 from sp2dpo.annotate.plan import estimate, is_done, plan_calls, select_pairs
 from sp2dpo.annotate.prompts import load_variants
@@ -29,12 +31,17 @@ from sp2dpo.core.config import (
     TeacherConfig,
     check_panel,
 )
+from sp2dpo.core.errors import UserError
 from sp2dpo.llm.teachers import Teacher
 
 log = logging.getLogger(__name__)
 
 #: Call-table formats (by suffix) the stage writes.
 CALL_TABLE_SUFFIXES = (".parquet", ".csv")
+
+
+class TransientFailures(UserError):
+    """Some calls ended with a failure that may pass; everything else is written."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +51,8 @@ class AnnotatePaths:
     Attributes:
         pairs: pairs table (parquet, jsonl, csv) with prompt_id, prompt, chosen, rejected.
         out: the call table (``.parquet`` or ``.csv``).
-        log: the append-only call log, also the cache (None: ``out`` with suffix ``.jsonl``).
+        log: the call store, also the cache: a folder of segments (or one ``.jsonl`` file);
+            None: ``out`` without its suffix (``data/annotate/calls/``).
         report: the metrics JSON (None: not written).
         prompts_root: the folder ``prompts.dir`` is relative to.
     """
@@ -60,13 +68,18 @@ class AnnotatePaths:
         return cls(
             pairs=Path("data/pairs/filtered.parquet"),
             out=Path("data/annotate/calls.parquet"),
-            log=Path("data/annotate/calls.jsonl"),
+            log=Path("data/annotate/calls"),
             report=Path("reports/annotate.json"),
         )
 
     @property
-    def call_log(self) -> Path:
-        return self.log if self.log is not None else Path(self.out).with_suffix(".jsonl")
+    def call_store(self) -> Path:
+        return self.log if self.log is not None else Path(self.out).with_suffix("")
+
+    @property
+    def legacy_log(self) -> Path:
+        """Where earlier versions kept the call log (one file beside the call table): read too."""
+        return Path(self.out).with_suffix(".jsonl")
 
 
 def run(
@@ -102,9 +115,18 @@ def run(
         )
     variants = load_variants(prompts, paths.prompts_root)
     pairs = artifacts.read_table(paths.pairs, schemas.PairsToAnnotate)
+    if pairs.empty:
+        raise ValueError(f"{paths.pairs}: no pairs to annotate")
     pairs = select_pairs(pairs, settings.max_pairs, settings.subset_seed)
-    call_log = CallLog(paths.call_log)
-    records = call_log.read()
+    legacy = paths.legacy_log
+    has_legacy = legacy.is_file() and legacy != paths.call_store
+    # An estimate writes nothing: it reads the earlier call log where it is.
+    store = CallStore(paths.call_store, extra=(legacy,) if has_legacy and estimate_only else ())
+    if has_legacy and not estimate_only:
+        imported = store.import_log(legacy)
+        if imported is not None:
+            log.info("annotate: imported the earlier call log %s into the store as %s", legacy, imported)
+    records = store.read()
     if estimate_only:
         return estimate(teachers, decoding, settings, pairs, variants, records)
 
@@ -120,13 +142,14 @@ def run(
     for ti in sorted({s.teacher for s in todo}):
         backends[ti] = Teacher(teachers[ti], decoding, chars_per_token=settings.chars_per_token)
     made: Counter[str] = Counter()
+    store.ensure()
     if todo:
-        with call_log:
-            made = execute(todo, pairs, backends, variants, call_log, progress=settings.progress)
-        records = call_log.read()
+        with store:
+            made = execute(todo, pairs, backends, variants, store, progress=settings.progress)
+        records = store.read()
     table = call_table(specs, records)
     artifacts.write_table(table, out_path, schemas.AnnotatedCallTable)
-    summary = report(table, teachers, variants, made, call_log.skipped_lines)
+    summary = report(table, teachers, variants, made, store.skipped_lines)
     if paths.report is not None:
         artifacts.write_json(stable_report(summary), paths.report)
     log.info(
@@ -134,4 +157,15 @@ def run(
         summary["calls"], summary["calls_made"], summary["status"]["ok"], summary["pairs_complete"],
         summary["cost_usd"], out_path,
     )
+    transient = table[table["transient"]]
+    if len(transient):
+        by_status = transient["status"].value_counts().sort_index()
+        raise TransientFailures(
+            f"annotate: {len(transient)} of {len(table)} calls ended with a transient failure "
+            f"({', '.join(f'{s} {n}' for s, n in by_status.items())}; first: "
+            f"{transient.iloc[0]['annotator']}/{transient.iloc[0]['prompt_id']}: "
+            f"{transient.iloc[0]['error']}); the call table and report are written; re-run when "
+            f"the endpoint is back to call exactly those again (finished calls are stored in "
+            f"{store.path})"
+        )
     return summary

@@ -58,6 +58,13 @@ class CallResult:
     response_model: str | None = None
     fingerprint: str | None = None
     finish_reason: str | None = None
+    transient: bool = False
+    """The call failed for a reason that may pass (connection, timeout, 429 or 5xx after the
+    retries): not a final outcome, a re-run calls it again."""
+
+
+#: Statuses that can be transient (see :attr:`CallResult.transient`).
+TRANSIENT_STATUSES = frozenset({"http_error", "timeout"})
 
 
 def signature(teacher: TeacherConfig, decoding: DecodingConfig) -> dict[str, Any]:
@@ -198,9 +205,12 @@ class Teacher:
 
         An attempt is final when it is a reply that ``retry_reply`` accepts, an error that is
         not retryable, or the last of ``1 + max_retries``. Token counts add up over attempts.
+        When ``stop`` is set while an attempt is in flight, that attempt is returned as it ended
+        (a reply is paid for: it must be logged, not asked again); no further attempt starts.
 
         Returns:
-            The final attempt with its counts; None when ``stop`` was set first.
+            The final attempt with its counts; None when ``stop`` was set before any attempt
+            ended.
 
         Raises:
             AuthError: the endpoint rejected the key (``role`` and ``auth_hint`` word the message).
@@ -224,7 +234,7 @@ class Teacher:
                     f"from environment variable {env} ({attempt.error}){auth_hint}"
                 )
             retryable = retry_reply(attempt) if attempt.status == "reply" else attempt.retryable
-            if not retryable or attempt_no == budget:
+            if not retryable or attempt_no == budget or stop.is_set():
                 return RetriedCall(attempt, attempt_no + 1, prompt_tokens, completion_tokens)
             if stop.wait(self.backoff(attempt_no, attempt.retry_after)):
                 return None
@@ -258,6 +268,7 @@ class Teacher:
             response_model=attempt.response_model,
             fingerprint=attempt.fingerprint,
             finish_reason=attempt.finish_reason,
+            transient=attempt.status in TRANSIENT_STATUSES and attempt.retryable,
         )
         if attempt.status == "reply":
             parsed = parse_judgement(attempt.text)

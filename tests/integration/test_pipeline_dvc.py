@@ -57,3 +57,31 @@ def test_fetch_filter_repro_is_reproducible_and_exp_run_works(tmp_path):
     assert json.loads((repo / "reports/filter.json").read_text())["raw"] == 100
     shown = run([DVC, "exp", "show", "--json"], cwd=repo).stdout
     assert "data.limit" in shown or '"limit": 100' in shown
+
+
+@pytest.mark.slow
+def test_a_snapshot_outside_data_raw_is_a_dep_of_fetch(tmp_path):
+    """`data.path` is a params-templated dep: editing a snapshot that lives elsewhere is seen."""
+    import gzip
+
+    import yaml
+
+    repo = copy_project(tmp_path / "repo")
+    run([DVC, "pull", "-q", "data.dvc"], cwd=repo)
+    lines = gzip.decompress((repo / "data/raw/uf_binarized_h4_train_prefs_500.jsonl.gz").read_bytes()).splitlines()
+    snapshot = repo / "external" / "snap.jsonl"
+    snapshot.parent.mkdir()
+    snapshot.write_bytes(b"\n".join(lines[:50]) + b"\n")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["path"] = "external/snap.jsonl"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([DVC, "repro", "fetch"], cwd=repo)
+    assert json.loads((repo / "reports/fetch.json").read_text())["rows"] == 50
+    assert "Data and pipelines are up to date." in run([DVC, "status", "fetch"], cwd=repo).stdout
+
+    snapshot.write_bytes(b"\n".join(lines[:60]) + b"\n")
+    status = json.loads(run([DVC, "status", "--json", "fetch"], cwd=repo).stdout)
+    deps = {d for e in status["fetch"] if isinstance(e, dict) for d in e.get("changed deps", {})}
+    assert deps == {"external/snap.jsonl"}
+    assert "Running stage 'fetch'" in run([DVC, "repro", "fetch"], cwd=repo).stdout
+    assert json.loads((repo / "reports/fetch.json").read_text())["rows"] == 60

@@ -184,8 +184,8 @@ def test_paper_gpu_profile_is_the_whole_paper_run(tmp_path):
 
 
 def test_matrix_names_must_be_configured(tmp_path):
-    with pytest.raises(ConfigError, match=r"matrix.methods: simpo not in train.methods"):
-        config.load(write(tmp_path, {"matrix": {"methods": ["dpo", "simpo"]}}))
+    with pytest.raises(ConfigError, match=r"matrix.methods: simpo2 not in train.methods"):
+        config.load(write(tmp_path, {"matrix": {"methods": ["dpo", "simpo2"]}}))
     with pytest.raises(ConfigError, match=r"matrix.students must name at least one"):
         config.load(write(tmp_path, {"matrix": {"students": []}}))
     assert config.load(write(tmp_path, {"matrix": {"methods": ["sp2dpo"]}})).matrix.methods == ["sp2dpo"]

@@ -19,8 +19,8 @@ def test_methods_default_to_base_plus_every_trained_method():
     assert evaluate.evaluated_methods(_eval(), train, trained) == ["base", *trained]
     assert evaluate.evaluated_methods(_eval(), train, ["sp2dpo"]) == ["base", "sp2dpo"]
     assert evaluate.evaluated_methods(_eval(methods=["sp2dpo", "base"]), train, trained) == ["sp2dpo", "base"]
-    with pytest.raises(config.ConfigError, match=r"eval.methods: simpo not in train.methods"):
-        evaluate.evaluated_methods(_eval(methods=["base", "simpo"]), train, trained)
+    with pytest.raises(config.ConfigError, match=r"eval.methods: simpo2 not in train.methods"):
+        evaluate.evaluated_methods(_eval(methods=["base", "simpo2"]), train, trained)
 
 
 def test_instruction_subset_is_seeded_and_keeps_alpaca_eval_order(evalsets):

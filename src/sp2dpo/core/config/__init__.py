@@ -26,6 +26,7 @@ from sp2dpo.core.config.evaluate import (
     GenerationConfig,
     IFEvalConfig,
 )
+from sp2dpo.core.config.losses import LOSS_SPECS, LossSpec, build_loss_args, loss_spec
 from sp2dpo.core.config.params import (
     DEFAULT_TEACHERS,
     LIST_SECTIONS,
@@ -37,9 +38,7 @@ from sp2dpo.core.config.params import (
     reference_markdown,
 )
 from sp2dpo.core.config.train import (
-    LOSS_TYPES,
     LoraSettings,
-    LossConfig,
     MatrixConfig,
     MethodConfig,
     StudentConfig,
@@ -52,7 +51,7 @@ __all__ = [
     "DEFAULT_PARAMS",
     "DEFAULT_TEACHERS",
     "LIST_SECTIONS",
-    "LOSS_TYPES",
+    "LOSS_SPECS",
     "SECTIONS",
     "TEACHER_PRESETS",
     "AggregateConfig",
@@ -68,7 +67,7 @@ __all__ = [
     "GenerationConfig",
     "IFEvalConfig",
     "LoraSettings",
-    "LossConfig",
+    "LossSpec",
     "MatrixConfig",
     "MethodConfig",
     "Params",
@@ -79,11 +78,13 @@ __all__ = [
     "TrainConfig",
     "build",
     "build_list",
+    "build_loss_args",
     "check_panel",
     "defaults",
     "describe",
     "flatten",
     "load",
+    "loss_spec",
     "read_yaml",
     "reference_markdown",
 ]

@@ -28,6 +28,7 @@ from sp2dpo.core.config.annotate import (
 from sp2dpo.core.config.base import DEFAULT_PARAMS, build, build_list, flatten, read_yaml
 from sp2dpo.core.config.data import DataConfig, FilterConfig
 from sp2dpo.core.config.evaluate import EvalConfig
+from sp2dpo.core.config.losses import LOSS_SPECS
 from sp2dpo.core.config.train import MatrixConfig, TrainConfig
 from sp2dpo.core.errors import ConfigError
 
@@ -174,4 +175,21 @@ def reference_markdown() -> str:
             panel = ", ".join(f"`{t.id}` ({t.model})" for t in DEFAULT_TEACHERS)
             parts += [f"A list; each entry has the keys below. Default panel: {panel}.", ""]
         parts += ["| key | default | meaning |", "|---|---|---|", *rows(cls, prefix)]
+    parts += [
+        "",
+        "## `train.methods[].loss_args`",
+        "",
+        "The knobs of each loss (docs/losses.md gives the formulas); a key left out takes its default.",
+    ]
+    for name, spec in LOSS_SPECS.items():
+        facts = [
+            "reference" if spec.reference else "reference-free",
+            "token averages" if spec.averaged else "sums",
+            *(["per-token reference"] if spec.token_level else []),
+            *(["margins"] if spec.margins else []),
+            "per-pair beta" if spec.per_pair_beta else "global beta only",
+        ]
+        parts += ["", f"### `{name}`: {spec.summary}", "", f"{', '.join(facts)}.", ""]
+        arg_rows = rows(spec.args, "")
+        parts += ["| key | default | meaning |", "|---|---|---|", *arg_rows] if arg_rows else ["No knobs."]
     return "\n".join(parts) + "\n"

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from sp2dpo.core.config.base import by_name, field
+from sp2dpo.core.config.losses import LossSpec, build_loss_args, loss_spec
 from sp2dpo.core.errors import ConfigError
 
 #: Stage-name-safe identifiers (students and methods name DVC stages `train@<student>-<method>`).
 _TRAIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.]*$"
 
-#: Registered loss variants (mirrors ``sp2dpo.train.losses.LOSSES``; a test checks they agree).
-LOSS_TYPES = ("sigmoid", "robust", "cdpo", "hinge", "dpo_margin", "ipo")
 
 
 def _check_name(value: str, where: str) -> None:
@@ -52,60 +52,102 @@ class StudentConfig:
             raise ConfigError("batch size and gradient_accumulation_steps must be >= 1")
 
 
+#: Methods that need no `beta` or `beta_column`: the artifact column they read by default.
+DEFAULT_BETA_COLUMNS = {"sp2dpo": "beta_annotators_mean_ens", "rand_beta": "beta_random"}
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
-    """One training method: `dpo` (global beta), `sp2dpo` (artifact column), `rand_beta`."""
+    """One training method: a loss, where its beta comes from, and the loss's own knobs."""
 
     name: str = field("sp2dpo", "Short name used in stage names, paths and MLflow.")
-    type: Literal["dpo", "sp2dpo", "rand_beta"] | None = field(
-        None, "Method kind; null: taken from `name` when it is one of dpo, sp2dpo, rand_beta."
+    loss: str = field(
+        "sigmoid",
+        "Registered loss (docs/losses.md): sigmoid, ipo, hinge, robust, cdpo, nca_pair, bco_pair, "
+        "simpo, cpo, sampo, beta_dpo, alpha_dpo, focalpo, dpo_margin, scaled_bt, pmo, sgdpo, dpo_pop.",
     )
-    beta: float | None = field(None, "Global beta (type dpo only; the paper sweeps 0.1, 0.3, 0.5).")
+    beta: float | None = field(None, "Global beta for every pair (the paper's DPO sweeps 0.1, 0.3, 0.5).")
     beta_column: str | None = field(
         None,
-        "Beta artifact column (sp2dpo: default `beta_annotators_mean_ens` = JMAMP; rand_beta: "
-        "default `beta_random`). SA `beta_<teacher>_v<k>`, SE `beta_<teacher>_ens`, MA "
+        "Beta artifact column giving beta_i per pair (null with neither set: "
+        "`beta_annotators_mean_ens` = JMAMP for a method named sp2dpo, `beta_random` for "
+        "rand_beta). SA `beta_<teacher>_v<k>`, SE `beta_<teacher>_ens`, MA "
         "`beta_annotators_mean_v<k>` for ablations.",
+    )
+    loss_args: dict[str, Any] = field(
+        {}, "The loss's own knobs (docs/losses.md lists them with their defaults; {} runs the defaults)."
     )
 
     def __post_init__(self) -> None:
         _check_name(self.name, "train.methods[].name")
-        kinds = ("dpo", "sp2dpo", "rand_beta")
-        if self.type is None:
-            if self.name not in kinds:
+        where = f"train.methods[{self.name}]"
+        spec = loss_spec(self.loss, f"{where}.loss")
+        build_loss_args(self.loss, self.loss_args, f"{where}.loss_args")
+        if self.beta is not None and self.beta_column is not None:
+            raise ConfigError(f"{where}: give `beta` (one temperature) or `beta_column` (per pair), not both")
+        if self.beta is None and self.beta_column is None:
+            if self.name not in DEFAULT_BETA_COLUMNS:
                 raise ConfigError(
-                    f"train.methods[].type is required for method {self.name!r}; choose one of "
-                    f"{', '.join(kinds)}"
+                    f"{where}: needs `beta` (a global temperature, e.g. 0.1) or `beta_column` (a "
+                    "beta artifact column, e.g. beta_annotators_mean_ens)"
                 )
-            object.__setattr__(self, "type", self.name)
-        if self.type == "dpo":
-            if self.beta is None or not self.beta > 0:
-                raise ConfigError(f"method {self.name!r} (dpo) needs a positive `beta`")
-            if self.beta_column is not None:
-                raise ConfigError(f"method {self.name!r} (dpo) uses a global beta: drop `beta_column`")
-        else:
-            if self.beta is not None:
-                raise ConfigError(
-                    f"method {self.name!r} ({self.type}) reads beta from the artifact: drop `beta`"
-                )
-            if self.beta_column is None:
-                default = "beta_random" if self.type == "rand_beta" else "beta_annotators_mean_ens"
-                object.__setattr__(self, "beta_column", default)
+            object.__setattr__(self, "beta_column", DEFAULT_BETA_COLUMNS[self.name])
+        if self.beta is not None and not (math.isfinite(self.beta) and self.beta > 0):
+            raise ConfigError(f"{where}.beta must be a positive number, got {self.beta}")
+        if self.beta_column is not None and not spec.per_pair_beta:
+            raise ConfigError(
+                f"{where}: loss {self.loss!r} cannot use a per-pair beta ({spec.summary}); give a "
+                "global `beta` instead of `beta_column`"
+            )
+
+    @property
+    def per_pair(self) -> bool:
+        """beta_i comes from the artifact (else one global beta)."""
+        return self.beta_column is not None
+
+    @property
+    def args(self) -> Any:
+        """The loss's knobs as their dataclass (defaults filled in)."""
+        return build_loss_args(self.loss, self.loss_args, f"train.methods[{self.name}].loss_args")
+
+    @property
+    def spec(self) -> LossSpec:
+        """Facts about the loss (reference, token level, margins)."""
+        return loss_spec(self.loss)
 
 
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """The loss variant (``sp2dpo.train.losses.LOSSES``) and its knobs."""
+def _m(name: str, loss: str, beta: float | None = None, column: str | None = None, **loss_args: Any) -> MethodConfig:
+    return MethodConfig(name=name, loss=loss, beta=beta, beta_column=column, loss_args=loss_args)
 
-    type: Literal["sigmoid", "robust", "cdpo", "hinge", "dpo_margin", "ipo"] = field(
-        "sigmoid", "Loss variant: sigmoid (DPO/SP2DPO), robust, cdpo, hinge, dpo_margin, ipo."
-    )
-    label_smoothing: float = field(0.0, "Label-noise rate eps of robust and cdpo, in [0, 0.5).")
-    margin: float = field(0.0, "Fixed margin m of dpo_margin, in reward units.")
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"train.loss.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+#: The method catalogue of the offline default (``matrix.methods`` runs dpo, sp2dpo, rand_beta).
+#: DPO-PoP's min_margin_diff is lowered to 0.1 for the 8-pair offline sample, whose semantic
+#: margins span about 0.6 on the score scale (the paper's 1.0 needs real score spreads).
+DEFAULT_METHODS = (
+    _m("dpo", "sigmoid", 0.1),
+    _m("sp2dpo", "sigmoid", column="beta_annotators_mean_ens"),
+    _m("rand_beta", "sigmoid", column="beta_random"),
+    _m("ipo", "ipo", 0.1),
+    _m("hinge", "hinge", 0.1),
+    _m("robust", "robust", 0.1),
+    _m("cdpo", "cdpo", 0.1),
+    _m("nca", "nca_pair", 0.1),
+    _m("bco", "bco_pair", 0.1),
+    _m("simpo", "simpo", 2.0),
+    _m("cpo", "cpo", 0.1),
+    _m("sampo", "sampo", 0.1),
+    _m("beta_dpo", "beta_dpo", 0.1),
+    _m("alpha_dpo", "alpha_dpo", 2.5),
+    _m("focalpo", "focalpo", 0.1),
+    _m("dpo_margin1", "dpo_margin", 0.1, margin_source="fixed"),
+    _m("dpo_margin", "dpo_margin", 0.1),
+    _m("scaled_bt", "scaled_bt", 0.1),
+    _m("pmo", "pmo", 0.05),
+    _m("sp2dpo_pmo", "pmo", column="beta_annotators_mean_ens"),
+    _m("sgdpo", "sgdpo", 0.1),
+    _m("dpo_pop", "dpo_pop", 0.1, min_margin_diff=0.1),
+    _m("sp2dpo_pop", "dpo_pop", column="beta_annotators_mean_ens", min_margin_diff=0.1),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,14 +170,10 @@ class TrainConfig:
 
     students: list[StudentConfig] = field([StudentConfig()], "Student models (DVC matrix axis).")
     methods: list[MethodConfig] = field(
-        [
-            MethodConfig(name="dpo", beta=0.1),
-            MethodConfig(name="sp2dpo"),
-            MethodConfig(name="rand_beta"),
-        ],
-        "Training methods (DVC matrix axis).",
+        list(DEFAULT_METHODS),
+        "Training methods (`matrix.methods` picks which run): the paper's three, the field's "
+        "baselines and the related papers' methods, each with its customary beta (docs/losses.md).",
     )
-    loss: LossConfig = field(LossConfig(), "Loss variant and its knobs.")
     lora: LoraSettings = field(LoraSettings(), "LoRA settings.")
     learning_rate: float = field(5e-5, "Peak learning rate (not stated in the paper [U]).")
     optim: str = field("adamw_torch", "Optimizer name of transformers (the paper: paged_adamw_32bit).")

@@ -129,3 +129,50 @@ def copy_project(dest: Path) -> Path:
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], cwd=dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"], cwd=dest)
     return dest
+
+
+#: The real student the offline default trains (SmolLM2-135M-Instruct from PyPI).
+STUDENT = "local:smollm2-135m-instruct"
+#: A chat template without SmolLM2's default system turn: short sequences keep CPU tests fast.
+SHORT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory) -> Path:
+    """A tiny random-weight model of SmolLM2's architecture with its real tokenizer (a model
+    folder): trainer tests run the same code paths in a fraction of a second per step."""
+    from sp2dpo.llm import models
+
+    return models.build_tiny_model(STUDENT, tmp_path_factory.mktemp("tiny-smollm2"), seed=0)
+
+
+#: Six preference pairs with distinct replies (trainer tests).
+PAIRS = [
+    ("p0", "Name a primary colour.", "Red is a primary colour.", "Grass."),
+    ("p1", "What is 2 + 2?", "2 + 2 = 4.", "It is 5, probably."),
+    ("p2", "Say hello in French.", "Bonjour !", "Hola."),
+    ("p3", "Is the sun a star?", "Yes, the Sun is a star.", "No, it is a planet."),
+    ("p4", "Give an even number.", "Eight.", "Seven is even."),
+    ("p5", "Capital of Italy?", "Rome.", "Milan is the capital."),
+]
+
+
+def pairs_frame(n: int = len(PAIRS)):
+    """The pairs as a filtered-pairs table (with UltraFeedback-style scores)."""
+    import pandas as pd
+
+    rows = PAIRS[:n]
+    return pd.DataFrame(
+        {
+            "prompt_id": [p[0] for p in rows],
+            "prompt": [p[1] for p in rows],
+            "chosen": [p[2] for p in rows],
+            "rejected": [p[3] for p in rows],
+            "score_chosen": [8.0, 7.0, 9.0, 6.0, 8.5, 7.5][:n],
+            "score_rejected": [3.0, 2.0, 4.0, 5.0, 1.0, 6.0][:n],
+            "source": ["test"] * n,
+        }
+    )

@@ -3,15 +3,12 @@ constant, and every broken beta artifact stops training before the first step.""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
-from trl import DPOConfig
 
 from sp2dpo import train
 from sp2dpo.core import config
@@ -141,184 +138,39 @@ def test_run_stops_before_loading_the_model(tmp_path, monkeypatch, column, ids, 
 def test_method_config_defaults_and_checks():
     assert config.MethodConfig(name="sp2dpo").beta_column == "beta_annotators_mean_ens"
     assert config.MethodConfig(name="rand_beta").beta_column == "beta_random"
-    assert config.MethodConfig(name="se_qwen", type="sp2dpo", beta_column="beta_qwen_ens").type == "sp2dpo"
-    with pytest.raises(config.ConfigError, match="needs a positive `beta`"):
+    se = config.MethodConfig(name="se_qwen", beta_column="beta_qwen_ens")
+    assert (se.loss, se.per_pair, se.args) == ("sigmoid", True, config.LOSS_SPECS["sigmoid"].args())
+    pmo = config.MethodConfig(name="pmo", loss="pmo", beta=0.05, loss_args={"alpha": 0.9})
+    assert pmo.args.alpha == 0.9 and not pmo.per_pair
+    assert config.MethodConfig(name="pop", loss="dpo_pop", beta=0.1).args.k == 2  # no loss_args: defaults
+    with pytest.raises(config.ConfigError, match=r"needs `beta` .* or `beta_column`"):
         config.MethodConfig(name="dpo")
-    with pytest.raises(config.ConfigError, match="type is required"):
-        config.MethodConfig(name="dpo_b03", beta=0.3)
+    with pytest.raises(config.ConfigError, match="not both"):
+        config.MethodConfig(name="x", beta=0.1, beta_column="beta_random")
+    with pytest.raises(config.ConfigError, match="positive"):
+        config.MethodConfig(name="x", beta=-0.1)
     with pytest.raises(config.ConfigError, match="no '-'"):
-        config.MethodConfig(name="dpo-b03", type="dpo", beta=0.3)
+        config.MethodConfig(name="dpo-b03", beta=0.3)
+    with pytest.raises(config.ConfigError, match=r"unknown loss 'dpo2'; choose one of sigmoid, ipo"):
+        config.MethodConfig(name="x", loss="dpo2", beta=0.1)
+    with pytest.raises(config.ConfigError, match=r"loss_args: unknown key\(s\) alpah; allowed: alpha"):
+        config.MethodConfig(name="x", loss="pmo", beta=0.1, loss_args={"alpah": 1})
+    with pytest.raises(config.ConfigError, match=r"r2 must be in \(0.0, 1.0\]"):
+        config.MethodConfig(name="x", loss="sgdpo", beta=0.1, loss_args={"r2": 1.5})
 
 
-# --------------------------------------------------------------------------------------------
-# the trainer on the real SmolLM2 model
-# --------------------------------------------------------------------------------------------
-
-
-#: A chat template without SmolLM2's default system turn: short sequences keep CPU tests fast.
-SHORT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-@pytest.fixture(scope="module")
-def smollm():
-    from sp2dpo.llm import models
-
-    model, tokenizer = models.load_causal_lm(STUDENT)
-    tokenizer.chat_template = SHORT_TEMPLATE
-    return model, tokenizer
-
-
-def _args(tmp_path: Path, precompute: bool, **kw):
-    base = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        learning_rate=1e-3,
-        max_steps=3,
-        max_length=32,
-        seed=7,
-        precompute_ref_log_probs=precompute,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        use_cpu=True,
-        bf16=False,  # TRL's DPOConfig defaults to bf16 autocast, even on CPU
-        dataloader_num_workers=0,
-        lr_scheduler_type="constant",
-    )
-    base.update(kw)
-    return DPOConfig(**base)
-
-
-def _lora():
-    from peft import LoraConfig
-
-    return LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-
-
-def _dataset(beta, n: int = len(PAIRS)):
-    return to_preference_dataset(train.attach_beta(pairs_frame().head(n), beta))
-
-
-def _lora_state(model):
-    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
-
-
-def _grads_on(trainer, examples):
-    batch = trainer._prepare_inputs(trainer.data_collator(examples))
-    trainer.model.zero_grad()
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
-    grads = {k: v.grad.detach().clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
-    trainer.model.zero_grad()
-    return loss.detach(), grads
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("precompute", [True, False])
-def test_constant_beta_equals_trl_dpo(smollm, tmp_path, precompute):
-    """Every beta_i = c: loss per step, LoRA weights and gradients after several steps equal those
-    of TRL's own DPOTrainer with beta = c (LoRA; reference = base with the adapter disabled)."""
-    from trl import DPOTrainer
-
-    model, tok = smollm
-    c = 0.2
-    # With precompute: 2 optimizer steps over 4 pairs, then gradients. Without: the online
-    # reference path at initialisation (same loss and gradients; kept short for 2 CPU cores).
-    steps, n = (2, 4) if precompute else (0, 2)
-    ours = train.PerPairBetaTrainer(
-        model=copy.deepcopy(model), args=_args(tmp_path / "a", precompute, max_steps=max(steps, 1)),
-        train_dataset=_dataset(c, n), processing_class=tok, peft_config=_lora(),
-    )
-    trl = DPOTrainer(
-        model=copy.deepcopy(model), args=_args(tmp_path / "b", precompute, max_steps=max(steps, 1), beta=c),
-        train_dataset=_dataset(c, n).remove_columns([BETA_COLUMN]), processing_class=tok, peft_config=_lora(),
-    )
-    if steps:
-        ours.train()
-        trl.train()
-    ours_loss = [h["loss"] for h in ours.state.log_history if "loss" in h]
-    trl_loss = [h["loss"] for h in trl.state.log_history if "loss" in h]
-    assert len(ours_loss) == steps
-    np.testing.assert_allclose(ours_loss, trl_loss, rtol=0, atol=1e-6)
-    for key in ("rewards/margins", "rewards/chosen", "rewards/accuracies"):
-        np.testing.assert_allclose(
-            [h[key] for h in ours.state.log_history if key in h],
-            [h[key] for h in trl.state.log_history if key in h], rtol=0, atol=1e-6,
-        )
-    a, b = _lora_state(ours.model), _lora_state(trl.model)
-    assert a.keys() == b.keys() and a
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
-    # Gradients on the same batch after training.
-    examples = [ours.train_dataset[i] for i in range(2)]
-    trl_examples = [trl.train_dataset[i] for i in range(2)]
-    loss_a, grads_a = _grads_on(ours, examples)
-    loss_b, grads_b = _grads_on(trl, trl_examples)
-    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=1e-6)
-    for k in grads_a:
-        torch.testing.assert_close(grads_a[k], grads_b[k], rtol=0, atol=1e-6)
-    assert any(g.abs().sum() > 0 for g in grads_a.values())
-
-
-@pytest.mark.slow
-def test_distinct_beta_reaches_loss_and_rewards_and_not_the_model(smollm, tmp_path):
-    """beta survives pruning and the collator as a (B,) float tensor, never reaches the model's
-    forward, and enters the loss and the logged rewards per pair."""
-    model, tok = smollm
-    betas = pd.Series([0.03, 0.3], index=[p[0] for p in PAIRS[:2]], name="b")
-    trainer = train.PerPairBetaTrainer(
-        model=copy.deepcopy(model), args=_args(tmp_path, True, max_steps=1),
-        train_dataset=_dataset(betas, 2), processing_class=tok, peft_config=_lora(),
-        beta_bounds=(0.03, 0.3),
-    )
-    loader = trainer.get_train_dataloader()  # applies Trainer's column pruning
-    assert BETA_COLUMN in trainer._signature_columns
-    batch = next(iter(loader))
-    assert batch[BETA_COLUMN].shape == (2,) and batch[BETA_COLUMN].dtype == torch.float32
-
-    seen = []
-    hook = trainer.model.register_forward_pre_hook(lambda m, a, kw: seen.append(set(kw)), with_kwargs=True)
-    examples = [trainer.train_dataset[i] for i in (0, 1)]
-    collated = trainer._prepare_inputs(trainer.data_collator(examples))
-    trainer._metrics["train"].clear()
-    with torch.no_grad():
-        loss = trainer.compute_loss(trainer.model, collated)
-    hook.remove()
-    assert seen and all(BETA_COLUMN not in kw for kw in seen)
-
-    # Hand computation from the same log-probs: mean(-log sigmoid(beta_i * Delta_i)).
-    with torch.no_grad():
-        labels = collated["input_ids"].masked_fill(collated["completion_mask"] == 0, -100)
-        out = trainer.model(input_ids=collated["input_ids"], attention_mask=collated["attention_mask"],
-                            labels=labels, fused_lm_head=True, use_cache=False)
-        logps = out.log_probs.sum(1)
-    chosen, rejected = logps.chunk(2)
-    rho_w = chosen - collated["ref_chosen_logps"]
-    rho_l = rejected - collated["ref_rejected_logps"]
-    beta = torch.tensor([0.03, 0.3])
-    torch.testing.assert_close(collated[BETA_COLUMN], beta)
-    expected = -torch.nn.functional.logsigmoid(beta * (rho_w - rho_l)).mean()
-    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
-    logged = trainer._metrics["train"]
-    assert logged["rewards/chosen"][-1] == pytest.approx((beta * rho_w).mean().item(), abs=1e-6)
-    assert logged["beta/min"][-1] == pytest.approx(0.03) and logged["beta/max"][-1] == pytest.approx(0.3)
-
-
-def test_trainer_refuses_dataset_without_or_outside_beta(smollm, tmp_path):
-    model, tok = smollm
-    no_beta = _dataset(0.1).remove_columns([BETA_COLUMN])
-    with pytest.raises(BetaError, match="no 'beta' column"):
-        train.PerPairBetaTrainer(model=model, args=_args(tmp_path, False), train_dataset=no_beta, processing_class=tok)
-    with pytest.raises(BetaError, match="outside the envelope"):
-        train.PerPairBetaTrainer(
-            model=model, args=_args(tmp_path, False), train_dataset=_dataset(0.5), processing_class=tok,
-            beta_bounds=(0.03, 0.3),
-        )
+def test_a_loss_that_cannot_use_a_per_pair_beta_refuses_a_beta_column(tmp_path):
+    with pytest.raises(config.ConfigError, match=r"beta_bdpo\]: loss 'beta_dpo' cannot use a per-pair beta"):
+        config.MethodConfig(name="beta_bdpo", loss="beta_dpo", beta_column="beta_annotators_mean_ens")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"]["methods"].append({"name": "bd", "loss": "beta_dpo", "beta_column": "beta_random"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(config.ConfigError, match=r"params.yaml: train.methods\[\d+\]: .*cannot use a per-pair beta"):
+        config.load(tmp_path / "params.yaml")
+    raw["train"]["methods"][-1] = {"name": "bd", "type": "dpo", "beta": 0.1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(config.ConfigError, match=r"unknown key\(s\) type; allowed: name, loss, beta, beta_column"):
+        config.load(tmp_path / "params.yaml")
 
 
 def test_paper_students_profile_composes_the_paper_settings(tmp_path):
@@ -334,7 +186,9 @@ def test_paper_students_profile_composes_the_paper_settings(tmp_path):
     assert (ROOT / "configs/accelerate/ddp-4gpu.yaml").is_file()
     gemma = cfg.student("gemma3_4b")
     assert (gemma.per_device_train_batch_size, gemma.accumulation("sp2dpo"), gemma.accumulation("dpo_b01")) == (4, 4, 2)
-    assert {m.beta for m in cfg.methods if m.type == "dpo"} == {0.1, 0.3, 0.5}
+    assert {m.beta for m in cfg.methods if m.loss == "sigmoid" and not m.per_pair} == {0.1, 0.3, 0.5}
+    pop = cfg.method("dpo_pop_iter")
+    assert (pop.args.k, pop.args.min_margin_diff, pop.args.max_margin, pop.args.margin_source) == (2, 1.0, 10.0, "scores")
     args = train.make_dpo_config(cfg, cfg.student("qwen3_4b"), ROOT / "build" / "x", "sp2dpo", bf16=False,
                                  optim="adamw_torch", use_cpu=True)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.max_length) == (8, 2, 2048)

@@ -127,9 +127,13 @@ def run(
     log.info("train %s-%s on %d pairs; beta %s", student.name, method.name, data_info["n_pairs"], data_info["beta"])
     if logged_params is None:
         logged_params = flatten({"train": dataclasses.asdict(train), "beta": dataclasses.asdict(beta)})
+    # The run's own method, its loss and every knob of it (defaults filled in) as run params.
+    logged_params = {**logged_params, "method.name": method.name, "method.loss": method.loss,
+                     **{f"method.loss_args.{k}": v for k, v in dataclasses.asdict(method.args).items()}}
 
     model, tokenizer = load_student(student, cfg.precision)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"sp2dpo-train-{student.name}-{method.name}-"))  # Trainer scratch
+    run_dir = _scratch_dir(f"sp2dpo-train-{student.name}-{method.name}-")  # Trainer scratch
+    dataset = _shared_copy(dataset, run_dir)
     args = make_dpo_config(cfg, student, run_dir, method.name)
     resolved = {
         "student": dataclasses.asdict(student),
@@ -138,9 +142,10 @@ def run(
         "beta_envelope": list(envelope),
         "dpo_config": {k: _jsonable(v) for k, v in args.to_dict().items()},
     }
+    loss_args = dataclasses.asdict(method.args)
     pinned = {
         "method": method.name,
-        "method_type": method.type,
+        "loss": method.loss,
         "student": student.name,
         "student_model": student.model,
         "beta_column": method.beta_column or "",
@@ -161,13 +166,16 @@ def run(
             processing_class=tokenizer,
             peft_config=peft_config(cfg.lora),
             callbacks=[recorder.callback()],
-            loss_config=cfg.loss,
-            beta_bounds=None if method.type == "dpo" else envelope,
+            loss=method.loss,
+            loss_args=method.args,
+            # beta_i rescaled for SimPO / alpha-DPO leaves the envelope by design
+            beta_bounds=envelope if method.per_pair and "beta_rescale_factor" not in data_info else None,
             max_prompt_length=cfg.max_prompt_length,
         )
         start = time.perf_counter()
         result = trainer.train()
         elapsed = time.perf_counter() - start
+        trainer.remove_target()
         trainer.save_model(str(paths.adapter))
         normalize_adapter_dir(paths.adapter)
         losses_seen = [h["loss"] for h in recorder.history if "loss" in h]
@@ -175,6 +183,8 @@ def run(
         metrics = {
             "student": student.name,
             "method": method.name,
+            "loss": method.loss,
+            "loss_args": loss_args,
             "beta_column": method.beta_column or "",
             "beta_artifact_sha256": artifact_sha,
             "global_step": int(result.global_step),
@@ -186,6 +196,7 @@ def run(
             "train_seconds": round(elapsed, 3),
             **{k: v for k, v in data_info.items() if k != "beta"},
             "beta": data_info["beta"],
+            **({"loss_state": trainer.moments.state_dict()} if trainer.moments.values else {}),
         }
         if tracker is not None:
             # The eval stage finds this run by the adapter's hash to log its metrics here.
@@ -203,8 +214,56 @@ def run(
             {k: v for k, v in metrics.items() if k not in VOLATILE_METRICS}, paths.report
         )
         write_loss_curve(recorder.history, paths.curve)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    _end_distributed()
+    if is_main:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return metrics
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _scratch_dir(prefix: str) -> Path:
+    """A fresh scratch folder, the same one for every process of a multi-process run (rank 0
+    creates it and sends its path to the others)."""
+    if not _distributed():
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    path = [tempfile.mkdtemp(prefix=prefix) if state.is_main_process else None]
+    broadcast_object_list(path, from_process=0)
+    return Path(path[0])
+
+
+def _shared_copy(dataset: Any, run_dir: Path) -> Any:
+    """Under several processes, the dataset as files in the shared scratch folder: TRL caches the
+    precomputed reference log-probs beside the dataset's files, which every process must find
+    (an in-memory dataset would put them in a per-process temporary folder)."""
+    if not _distributed():
+        return dataset
+    from accelerate import PartialState
+    from datasets import load_from_disk
+
+    state = PartialState()
+    folder = run_dir / "dataset"
+    if state.is_main_process:
+        dataset.save_to_disk(str(folder))
+    state.wait_for_everyone()
+    return load_from_disk(str(folder))
+
+
+def _end_distributed() -> None:
+    """Under several processes (``accelerate launch``): wait for every rank, then close the
+    process group; gloo's threads otherwise abort the interpreter at exit now and then."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def write_loss_curve(history: list[dict[str, float]], path: str | Path) -> None:
@@ -252,6 +311,3 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     return str(value)
 
-
-#: Run facts that differ between identical re-runs, kept out of the DVC metrics file.
-VOLATILE_METRICS = frozenset({"train_seconds", "mlflow_run_id"})

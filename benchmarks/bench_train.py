@@ -6,8 +6,12 @@
    reported (target <= 1.02).
 2. One epoch (init, which includes the reference precompute, plus training) with and without
    precomputed reference log-probs.
+3. Step time of every registered loss relative to DPO (``sigmoid``) on the same pairs: one
+   trainer per loss, all stepping in round-robin order on their own collated batch of the same
+   pairs (reference-free losses skip the reference pass; token-level ones and DPO-PoP run it
+   online; DPO-PoP also forwards each tuple's weaker pair under its target).
 
-Usage: python benchmarks/bench_train.py [--pairs 8] [--steps 6] [--max-length 64]
+Usage: python benchmarks/bench_train.py [--pairs 8] [--steps 6] [--max-length 64] [--no-methods]
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from peft import LoraConfig
 from trl import DPOConfig, DPOTrainer
 
 from sp2dpo import train
-from sp2dpo.core import artifacts, schemas
+from sp2dpo.core import artifacts, config, schemas
 from sp2dpo.llm import models
-from sp2dpo.train.dataset import to_preference_dataset
+from sp2dpo.train.dataset import pop_frame, to_preference_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,6 +152,55 @@ def epoch_precompute(model, tok, frame: pd.DataFrame, max_length: int, tmp: str,
     return out
 
 
+#: Global betas on each loss's own scale for the method benchmark.
+_METHOD_BETA = {"simpo": 2.0, "alpha_dpo": 2.5}
+
+
+def _method_data(loss: str, frame: pd.DataFrame):
+    data = train.attach_beta(frame, _METHOD_BETA.get(loss, 0.1))
+    margins = [float(i) for i in range(len(data))]
+    if loss == "dpo_pop":
+        args = config.build_loss_args(loss, {}, "bench")
+        # its first tuples (stronger pairs from the batch's pairs, each with a weaker partner)
+        data = pop_frame(data, pd.Series(margins).to_numpy(), args, seed=0)[0].head(len(frame))
+    elif config.LOSS_SPECS[loss].margins:
+        data["margin"] = margins
+    return to_preference_dataset(data)
+
+
+def method_step_ratios(model, tok, frame: pd.DataFrame, steps: int, max_length: int, tmp: str) -> dict:
+    """Median step time of every loss over DPO's on batches of the same pairs (round robin)."""
+    trainers, batches = {}, {}
+    for loss in config.LOSS_SPECS:
+        data = _method_data(loss, frame)
+        trainer = train.PerPairBetaTrainer(
+            model=copy.deepcopy(model), args=_args(f"{tmp}/m-{loss}", True, max_length, steps),
+            train_dataset=data, processing_class=tok, peft_config=_lora(), loss=loss,
+        )
+        trainer.create_optimizer_and_scheduler(num_training_steps=steps)
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.model.train()
+        batches[loss] = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(BATCH)]))
+        trainers[loss] = trainer
+    times: dict[str, list[float]] = {k: [] for k in trainers}
+    names = list(trainers)
+    for i in range(steps + 1):  # the first round is a warm-up
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            _sync()
+            start = time.perf_counter()
+            trainers[name].training_step(trainers[name].model, batches[name])
+            _sync()
+            trainers[name].model.zero_grad()
+            if i:
+                times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "steps_timed": steps,
+        "step_seconds_median_dpo": round(med["sigmoid"], 4),
+        "step_time_ratio_over_dpo": {k: round(v / med["sigmoid"], 3) for k, v in sorted(med.items())},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=8, help="pairs in the epoch benchmark")
@@ -155,6 +208,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1, help="epochs per setting (alternating; fastest kept)")
     parser.add_argument("--batch", type=int, default=2, help="pairs per device batch")
+    parser.add_argument("--no-methods", action="store_true", help="skip the per-loss step-time comparison")
     parser.add_argument("--select", choices=["shortest", "first"], default="shortest",
                         help="which pairs: the shortest prompts (fit short max lengths) or the first ones")
     ns = parser.parse_args()
@@ -176,6 +230,8 @@ def main() -> None:
             "step_time": step_ratio(model, tok, frame.head(BATCH), ns.steps, ns.max_length, tmp),
             "epoch": {"pairs": len(frame), **epoch_precompute(model, tok, frame, ns.max_length, tmp, ns.repeats)},
         }
+        if not ns.no_methods:
+            result["methods"] = method_step_ratios(model, tok, frame.head(BATCH), ns.steps, ns.max_length, tmp)
     print(json.dumps(result, indent=2))
 
 

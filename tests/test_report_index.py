@@ -105,11 +105,11 @@ def test_real_reports_are_linked_and_summarized(real: Path):
             line for line in page.splitlines() if f"[{path.name}](train/{path.name})" in line
         )
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[:2] == [run["student"], run["method"]]
-        assert cells[2] == (
+        assert cells[:3] == [run["student"], run["method"], f"`{run['loss']}`"]
+        assert cells[3] == (
             f"`{run['beta_column']}`" if run["beta_column"] else f"global {run['beta']['min']:.3f}"
         )
-        assert cells[3:5] == [f"{run['final_loss']:.4f}", str(run["global_step"])]
+        assert cells[4:6] == [f"{run['final_loss']:.4f}", str(run["global_step"])]
 
     if not (reports / "eval.md").exists():
         assert "- `eval.md` (results table): not produced yet" in page

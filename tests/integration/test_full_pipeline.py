@@ -116,6 +116,13 @@ def test_offline_dag_end_to_end_then_exp_run_on_an_aggregation_param(tmp_path):
         assert len(runs) == 1
         assert "eval/alpaca_eval/win_rate" in runs[0].data.metrics
         assert "eval/ifeval/prompt_level_strict_acc" in runs[0].data.metrics
+        assert runs[0].data.params["method.loss"] == "sigmoid"
+    # beta_i reached the weights: the per-pair and the global-beta adapters differ
+    from safetensors.torch import load_file
+
+    sp, dpo = (load_file(repo / f"models/smollm2/{m}/adapter_model.safetensors") for m in ("sp2dpo", "dpo"))
+    assert sp.keys() == dpo.keys()
+    assert max(float((sp[k] - dpo[k]).abs().max()) for k in sp) > 0
     base_runs = client.search_runs([client.get_experiment_by_name("sp2dpo-eval").experiment_id])
     assert [r.info.run_name for r in base_runs] == ["smollm2-base"]
 

@@ -267,7 +267,7 @@ def _train_rows(page: _Page) -> list[list[str]]:
         data, problem = _read_json(path)
         if problem is not None or not isinstance(data, dict):
             rows.append(
-                ["?", "?", "?", "?", "?", _link(rel, path.name), problem or "not a JSON object"]
+                ["?", "?", "?", "?", "?", "?", _link(rel, path.name), problem or "not a JSON object"]
             )
             continue
         beta = data.get("beta_column") or ""
@@ -287,6 +287,7 @@ def _train_rows(page: _Page) -> list[list[str]]:
             [
                 _cell(data.get("student", "?")),
                 _cell(data.get("method", "?")),
+                f"`{data['loss']}`" if data.get("loss") else "?",
                 beta,
                 _num(data.get("final_loss")),
                 _num(data.get("global_step")),
@@ -355,7 +356,7 @@ def build_index(reports: str | Path) -> str:
     if rows:
         page.add(
             *_table(
-                ["student", "method", "beta", "final loss", "steps", "report", "loss curve"], rows
+                ["student", "method", "loss", "beta", "final loss", "steps", "report", "loss curve"], rows
             )
         )
     else:

@@ -158,6 +158,11 @@ PAIRS = [
     ("p4", "Give an even number.", "Eight.", "Seven is even."),
     ("p5", "Capital of Italy?", "Rome.", "Milan is the capital."),
 ]
+#: Two more, for tests that need eight.
+MORE_PAIRS = [
+    ("p6", "Largest ocean?", "The Pacific.", "The Atlantic, by far."),
+    ("p7", "Opposite of hot?", "Cold.", "Warm, I think."),
+]
 
 
 def pairs_frame(n: int = len(PAIRS)):

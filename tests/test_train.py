@@ -15,35 +15,9 @@ from sp2dpo.core import config
 from sp2dpo.core.beta import BetaError, read_beta_column
 from sp2dpo.train import BETA_COLUMN
 from sp2dpo.train.dataset import to_preference_dataset
-from tests.conftest import compose_params
+from tests.conftest import PAIRS, compose_params, pairs_frame
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDENT = "local:smollm2-135m-instruct"
-
-PAIRS = [
-    ("p0", "Name a primary colour.", "Red is a primary colour.", "Grass."),
-    ("p1", "What is 2 + 2?", "2 + 2 = 4.", "It is 5, probably."),
-    ("p2", "Say hello in French.", "Bonjour !", "Hola."),
-    ("p3", "Is the sun a star?", "Yes, the Sun is a star.", "No, it is a planet."),
-    ("p4", "Give an even number.", "Eight.", "Seven is even."),
-    ("p5", "Capital of Italy?", "Rome.", "Milan is the capital."),
-]
-
-
-def pairs_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "prompt_id": [p[0] for p in PAIRS],
-            "prompt": [p[1] for p in PAIRS],
-            "chosen": [p[2] for p in PAIRS],
-            "rejected": [p[3] for p in PAIRS],
-            "score_chosen": [8.0] * len(PAIRS),
-            "score_rejected": [3.0] * len(PAIRS),
-            "source": ["test"] * len(PAIRS),
-        }
-    )
-
-
 def write_beta_csv(path: Path, ids, **columns) -> Path:
     frame = pd.DataFrame({"prompt_id": list(ids), "prompt_variant_count": 3, **columns})
     frame.to_csv(path, index=False)

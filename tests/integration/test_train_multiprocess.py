@@ -14,20 +14,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SHORT_TEMPLATE, run
+from tests.conftest import MORE_PAIRS, ROOT, SHORT_TEMPLATE, run
+from tests.conftest import PAIRS as BASE_PAIRS
 
 pytestmark = pytest.mark.slow
 
-PAIRS = [
-    ("p0", "Name a primary colour.", "Red is a primary colour.", "Grass."),
-    ("p1", "What is 2 + 2?", "2 + 2 = 4.", "It is 5, probably."),
-    ("p2", "Say hello in French.", "Bonjour !", "Hola."),
-    ("p3", "Is the sun a star?", "Yes, the Sun is a star.", "No, it is a planet."),
-    ("p4", "Give an even number.", "Eight.", "Seven is even."),
-    ("p5", "Capital of Italy?", "Rome.", "Milan is the capital."),
-    ("p6", "Largest ocean?", "The Pacific.", "The Atlantic, by far."),
-    ("p7", "Opposite of hot?", "Cold.", "Warm, I think."),
-]
+PAIRS = BASE_PAIRS + MORE_PAIRS
 METHODS = [
     {"name": "sp2dpo", "loss": "sigmoid", "beta_column": "beta_x"},
     {"name": "bco", "loss": "bco_pair", "beta_column": "beta_x"},

@@ -23,9 +23,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-# Main job: the offline default pipeline end to end.
+# Main job: the offline default pipeline end to end. The teachers' answers come from the recorded
+# calls (the call store, committed in the bundled DVC remote), so the run reproduces the committed
+# dvc.lock exactly; without them (a store not pushed yet) the teachers are called.
+# `dvc pull` alone restores every committed output without running anything.
 run: setup
 	dvc pull -q data.dvc evalsets.dvc
+	dvc pull -q data/annotate/calls || echo "make run: no recorded teacher calls to pull; the teachers will be called"
 	dvc repro
 
 # Offline plot pages: vega, vega-lite and vega-embed (pinned in package-lock.json) inlined into an

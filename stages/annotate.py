@@ -10,7 +10,7 @@ from sp2dpo.core.entry import run_stage
 def main() -> None:
     params = config.load(sections=["teachers", "prompts", "decoding", "annotate"])
     annotate.run(params.teachers, params.prompts, params.decoding, params.annotate,
-                 annotate.AnnotatePaths.pipeline())
+                 annotate.AnnotatePaths.pipeline(), track=True)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ def annotate_file(
     report: str | Path | None = None,
     estimate: bool = False,
     prompts_root: str | Path = ROOT,
+    run_log: str | Path | None = None,
 ) -> dict:
     """The annotate stage on files: what `sp2dpo annotate --params P --pairs X --out Y` runs."""
     from sp2dpo import annotate
@@ -92,6 +93,7 @@ def annotate_file(
     paths = annotate.AnnotatePaths(
         pairs=Path(pairs), out=Path(out), log=Path(log) if log else None,
         report=Path(report) if report else None, prompts_root=Path(prompts_root),
+        run_log=Path(run_log) if run_log else None,
     )
     return annotate.run(p.teachers, p.prompts, p.decoding, p.annotate, paths, estimate_only=estimate)
 

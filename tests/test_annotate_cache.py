@@ -85,6 +85,32 @@ def test_a_folder_store_adds_one_immutable_segment_per_run(tmp_path):
     assert set(CallStore(tmp_path / "elsewhere", shared=shared).read()) == {"d"}
 
 
+def test_segments_are_numbered_and_written_in_key_order(tmp_path):
+    """The same calls give the same segment bytes whatever order they finished in (the store is
+    a DVC output a re-run must reproduce); numbers are claimed exclusively, after older names."""
+    contents = []
+    for order in (["c", "a", "b"], ["b", "c", "a"]):
+        store = tmp_path / "-".join(order)
+        with CallStore(store) as log:
+            for key in order:
+                log.append({"key": key, "status": "ok", "answer": key.upper()})
+        [segment] = store.iterdir()
+        assert segment.name == "seg-000001.jsonl"
+        contents.append(segment.read_bytes())
+    assert contents[0] == contents[1]
+    assert [line[:11] for line in contents[0].decode().splitlines()] == ['{"answer": '] * 3
+    assert list(CallStore(tmp_path / "c-a-b").read()) == ["a", "b", "c"]
+    # A number another run holds is skipped; earlier layouts' names are read before seg-*.
+    store = tmp_path / "mixed"
+    store.mkdir()
+    (store / "20260101T000000000000Z-1-abcdef.jsonl").write_text('{"key": "a", "status": "timeout"}\n')
+    (store / "seg-000002.jsonl").write_text('{"key": "b", "status": "ok"}\n')
+    with CallStore(store) as log:
+        log.append({"key": "a", "status": "ok"})
+    assert (store / "seg-000003.jsonl").exists()
+    assert {k: r["status"] for k, r in CallStore(store).read().items()} == {"a": "ok", "b": "ok"}
+
+
 def test_call_key_covers_content_teacher_template_and_decoding():
     base = dict(prompt_id="p", pair_sha256="c", teacher_id="t", model="m", variant="v1",
                 template_sha256="s", decode={"temperature": 0.1})

@@ -83,10 +83,7 @@ def test_real_reports_are_linked_and_summarized(real: Path):
     for teacher, t in ann["per_teacher"].items():
         row = next(line for line in page.splitlines() if line.startswith(f"| {teacher} | "))
         assert f"`{t['model']}`" in row and f"ok {t['status']['ok']}" in row
-        assert (
-            f"{t['latency_s']['p50']:.2f} / {t['latency_s']['p90']:.2f} / {t['latency_s']['p99']:.2f}"
-            in row
-        )
+        assert "latency" not in row  # wall-clock numbers are in MLflow, never in the reports
 
     agg = json.loads((reports / "aggregate.json").read_text())
     assert f"{agg['pairs']['kept']}/{agg['pairs']['total']} pairs kept" in page

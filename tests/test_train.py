@@ -205,11 +205,15 @@ def test_normalize_adapter_dir_makes_saved_adapters_byte_stable(tmp_path):
         d.mkdir()
         (d / "adapter_config.json").write_text(_json.dumps({"r": 16, "target_modules": order, "layers_pattern": None}))
         (d / "training_args.bin").write_bytes(b"pickle with a tmp path")
-        normalize_adapter_dir(d)
-        assert not (d / "training_args.bin").exists()
+        (d / "tokenizer.json").write_text("{}")
+        normalize_adapter_dir(d, base_model="local:smollm2-135m-instruct", card="# card\n")
+        assert not (d / "training_args.bin").exists() and not (d / "tokenizer.json").exists()
+        assert (d / "README.md").read_text() == "# card\n"
         outs.append((d / "adapter_config.json").read_bytes())
     assert outs[0] == outs[1]
     assert _json.loads(outs[0])["target_modules"] == ["q_proj", "up_proj", "v_proj"]
+    # the base model is the student's spec, not the folder it was loaded from on this machine
+    assert _json.loads(outs[0])["base_model_name_or_path"] == "local:smollm2-135m-instruct"
 
 
 def test_drop_missing_beta_gives_every_method_the_same_covered_pairs(tmp_path):

@@ -188,6 +188,8 @@ def start_run(
 
 #: MLflow experiment of evaluation runs that have no training run (the base student).
 EVAL_EXPERIMENT = "sp2dpo-eval"
+#: MLflow experiment of annotate runs (calls made, cost, teacher latencies).
+ANNOTATE_EXPERIMENT = "sp2dpo-annotate"
 
 
 def adapter_sha256(path: str | Path) -> str:

@@ -6,9 +6,13 @@ every key already stored with a final outcome; adding a teacher or a variant, or
 template or a decoding setting, only calls what is new.
 
 Layout: a folder of JSON-lines *segments* (``data/annotate/calls/`` in the pipeline). Each run
-that makes calls appends them to one new segment, named by its UTC start time, and never
-rewrites an old one; reading takes every segment in name order, the newest record of a key
-winning (a transient failure is later superseded by the successful call). Immutable segments
+that makes calls appends them to one new segment, ``seg-NNNNNN.jsonl`` with the next free
+number, and never touches an old one; reading takes every segment in name order, the newest
+record of a key winning (a transient failure is later superseded by the successful call).
+When the run closes the store, its segment is rewritten once (atomically) in key order, so a
+run that makes the same calls writes the same bytes whatever the order the calls finished in:
+a record holds what determines results (the answer, its status, tokens and cost), never
+wall-clock measurements (latencies and times go to the run log). Immutable segments
 are what lets DVC version the store incrementally: ``dvc.yaml`` declares the folder a cached,
 persistent output, so ``dvc exp run --temp`` and ``--queue`` workspaces and fresh clones
 (``dvc pull``) get every call made so far from the DVC cache or remote, and a new version only
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -106,15 +111,48 @@ def _read_segment(path: Path, records: dict[str, dict[str, Any]]) -> int:
     return skipped
 
 
-class _Segment:
-    """One append-only JSON-lines file, opened lazily (a run that makes no call writes nothing)."""
+#: Name of a folder store's segments: ``seg-000001.jsonl``, ... Earlier layouts' names (a UTC
+#: timestamp, an ``00000000T...-import-`` copy) sort before these, so they are read first.
+SEGMENT_PREFIX = "seg-"
 
-    def __init__(self, path: Path) -> None:
+
+def _claim_segment(folder: Path) -> tuple[Path, int]:
+    """Create the next free ``seg-NNNNNN.jsonl`` in ``folder`` exclusively; ``(path, fd)``.
+
+    ``O_EXCL`` makes the claim safe against another run opening a segment in the same folder at
+    the same moment: the loser takes the next number.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = [
+        int(p.stem[len(SEGMENT_PREFIX):])
+        for p in folder.glob(f"{SEGMENT_PREFIX}*.jsonl")
+        if p.stem[len(SEGMENT_PREFIX):].isdigit()
+    ]
+    for number in itertools.count(max(taken, default=0) + 1):
+        path = folder / f"{SEGMENT_PREFIX}{number:06d}.jsonl"
+        try:
+            return path, os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+class _Segment:
+    """One append-only JSON-lines file, opened lazily (a run that makes no call writes nothing).
+
+    ``path`` is a file to append to, or a folder in which the first append claims a new segment.
+    """
+
+    def __init__(self, path: Path, *, claim: bool = False) -> None:
         self.path = path
+        self.claim = claim
         self.fd: int | None = None
 
     def append(self, data: bytes) -> None:
-        if self.fd is None:
+        if self.fd is None and self.claim:
+            self.path, self.fd = _claim_segment(self.path)
+            self.claim = False
+        elif self.fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             size = os.fstat(self.fd).st_size
@@ -134,10 +172,27 @@ class _Segment:
             written = os.write(self.fd, view)
             view = view[written:]
 
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+    def close(self, *, canonical: bool = False) -> None:
+        """Close; with ``canonical`` rewrite the (claimed) segment in key order, one record per
+        key (the newest), so the same calls give the same bytes."""
+        if self.fd is None:
+            return
+        os.close(self.fd)
+        self.fd = None
+        if canonical:
+            records: dict[str, dict[str, Any]] = {}
+            _read_segment(self.path, records)
+            lines = [_line(records[key]) for key in sorted(records)]
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write("".join(lines).encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+
+
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n"
 
 
 class CallStore:
@@ -208,24 +263,24 @@ class CallStore:
         return records
 
     def __enter__(self) -> CallStore:
-        name = (
-            dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-            + f"-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
-        )
-        targets = [self.path if self.is_file else self.path / name]
+        self._segments = [_Segment(self.path) if self.is_file else _Segment(self.path, claim=True)]
         if self.shared is not None:
-            targets.append(self.shared / name)
-        self._segments = [_Segment(p) for p in targets]
+            # The shared folder is written by many machines and is no DVC output: unique names.
+            name = (
+                dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+                + f"-{os.getpid()}-{secrets.token_hex(3)}.jsonl"
+            )
+            self._segments.append(_Segment(self.shared / name))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for segment in self._segments:
-            segment.close()
+        for i, segment in enumerate(self._segments):
+            segment.close(canonical=i == 0 and not self.is_file)
         self._segments = []
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record durably (one write, then fsync) to this run's segment(s)."""
-        line = json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n"
+        line = _line(record)
         with self._lock:
             if not self._segments:
                 raise RuntimeError(f"{self.path}: call store is not open for appending")

@@ -91,8 +91,6 @@ def _record(
         "error": result.error,
         "transient": result.transient,
         "attempts": result.attempts,
-        "latency_s": None if result.latency_s is None else round(result.latency_s, 4),
-        "elapsed_s": round(result.elapsed_s, 4),
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "cost_usd": round(teacher.cost(result.prompt_tokens, result.completion_tokens), 8),
@@ -104,7 +102,21 @@ def _record(
         "request_sha256": messages_sha256(messages),
         "pair_sha256": content_sha,
         "decode": sig,
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+    }
+
+
+def _timing(spec: CallSpec, teacher: Teacher, variant: Variant, result: CallResult) -> dict[str, Any]:
+    """What one call measured (for the run log, never the call store): latency of the last
+    attempt, time from first try to final outcome (retries and waits included), finish time."""
+    return {
+        "key": spec.key,
+        "annotator": teacher.cfg.id,
+        "variant": variant.name,
+        "status": result.status,
+        "attempts": result.attempts,
+        "latency_s": None if result.latency_s is None else round(result.latency_s, 4),
+        "elapsed_s": round(result.elapsed_s, 4),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
     }
 
 
@@ -140,8 +152,10 @@ def execute(
     store: CallStore,
     *,
     progress: bool = True,
+    timings: list[dict[str, Any]] | None = None,
 ) -> Counter[str]:
-    """Make the ``todo`` calls, appending each finished one to the (open) call ``store``.
+    """Make the ``todo`` calls, appending each finished one to the (open) call ``store``, and
+    what it measured (latency, attempts, finish time) to ``timings`` when given.
 
     Returns:
         Calls made per teacher id.
@@ -206,6 +220,8 @@ def execute(
                 record = _record(spec, pair, teacher, variant, messages, sig, content, result)
                 record["truncated"] = truncated
                 store.append(record)
+                if timings is not None:
+                    timings.append(_timing(spec, teacher, variant, result))
                 bar.update(teacher.cfg.id, result.status, record["cost_usd"])
         except BaseException as exc:  # re-raised by the main thread
             errors.append(exc)

@@ -1,5 +1,9 @@
-"""The outputs of the ``annotate`` stage: the call table (one row per planned call) and the
-report (status counts, incomplete pairs, latency, tokens and cost per teacher).
+"""The outputs of the ``annotate`` stage: the call table (one row per planned call), the report
+(status counts, incomplete pairs, tokens and cost per teacher) and the run's timings.
+
+The call table and the report are DVC outputs, so they hold only what the calls answered:
+re-running on the same recorded calls writes the same bytes. Latencies belong to one run; they
+go to the run log and MLflow (:func:`latency_summary`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,8 @@ from sp2dpo.llm.teachers import TRANSIENT_STATUSES
 #: Columns of the call table, in order: the pinned seven, then bookkeeping.
 TABLE_COLUMNS = [
     "prompt_id", "annotator", "variant", "category", "magnitude", "confidence", "status",
-    "model", "call_key", "template_sha256", "request_sha256", "attempts", "latency_s",
+    "model", "call_key", "template_sha256", "request_sha256", "attempts",
     "prompt_tokens", "completion_tokens", "cost_usd", "response_text", "error", "transient",
-    "timestamp",
 ]
 
 
@@ -34,7 +37,7 @@ def call_table(specs: list[CallSpec], records: dict[str, dict[str, Any]]) -> pd.
         row["call_key"] = spec.key
         rows.append(row)
     frame = pd.DataFrame.from_records(rows, columns=TABLE_COLUMNS)
-    for column in ("magnitude", "confidence", "latency_s", "prompt_tokens", "completion_tokens", "cost_usd"):
+    for column in ("magnitude", "confidence", "prompt_tokens", "completion_tokens", "cost_usd"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     frame["attempts"] = frame["attempts"].astype("int64")
     # Records from before the flag existed: a connection error or timeout counts as transient.
@@ -44,13 +47,21 @@ def call_table(specs: list[CallSpec], records: dict[str, dict[str, Any]]) -> pd.
     return frame
 
 
-def _percentiles(values: pd.Series) -> dict[str, float | None]:
-    values = values.dropna()
-    if values.empty:
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
         return {"p50": None, "p90": None, "p99": None, "max": None}
-    q = np.percentile(values.to_numpy(), [50, 90, 99])
+    q = np.percentile(np.asarray(values, dtype=float), [50, 90, 99])
     return {"p50": round(float(q[0]), 4), "p90": round(float(q[1]), 4), "p99": round(float(q[2]), 4),
-            "max": round(float(values.max()), 4)}
+            "max": round(max(values), 4)}
+
+
+def latency_summary(timings: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Latency percentiles (seconds, last attempt) per teacher over the calls made in this run."""
+    by_teacher: dict[str, list[float]] = {}
+    for t in timings:
+        if t.get("latency_s") is not None:
+            by_teacher.setdefault(t["annotator"], []).append(float(t["latency_s"]))
+    return {teacher: _percentiles(values) for teacher, values in sorted(by_teacher.items())}
 
 
 def report(
@@ -60,7 +71,7 @@ def report(
     made: Counter[str],
     skipped_lines: int,
 ) -> dict[str, Any]:
-    """Metrics of the run: per teacher status counts, incomplete pairs, latency, tokens, cost."""
+    """Metrics of the call table: per teacher status counts, incomplete pairs, tokens, cost."""
     per_teacher = {}
     n_variants = len(variants)
     for t in teachers:
@@ -76,7 +87,6 @@ def report(
             "transient": int(part["transient"].sum()),
             "ok_rate": round(float((part["status"] == "ok").mean()), 4) if len(part) else None,
             "pairs_incomplete": int(part["prompt_id"].nunique() - complete),
-            "latency_s": _percentiles(part["latency_s"]),
             "prompt_tokens": int(part["prompt_tokens"].fillna(0).sum()),
             "completion_tokens": int(part["completion_tokens"].fillna(0).sum()),
             "cost_usd": round(float(part["cost_usd"].sum()), 6),
@@ -101,7 +111,7 @@ def report(
 
 #: Facts about one run (what the cache answered, torn log lines), not about the call table:
 #: logged and returned, but kept out of ``reports/annotate.json`` so a re-run writes the same bytes.
-RUN_STATE_KEYS = frozenset({"calls_made", "calls_cached", "log_lines_skipped"})
+RUN_STATE_KEYS = frozenset({"calls_made", "calls_cached", "log_lines_skipped", "latency_s"})
 
 
 def stable_report(summary: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,9 @@ final outcome are skipped, so a re-run, a run after a crash, or a run with one m
 variant only calls what is new. Each teacher runs on its own pool of ``max_concurrency`` threads
 (one for a local model) behind its rpm/tpm limiter; every finished call is stored at once
 (:mod:`.execute`). When all calls have ended, the call table (one row per call, whatever its
-status) and the report are written from the store (:mod:`.report`). Calls that ended with a
+status) and the report are written from the store (:mod:`.report`); what the run measured
+(latency per call, attempts, finish times) goes to the run log and, from the pipeline, to an
+MLflow run, never into those DVC outputs. Calls that ended with a
 transient failure (connection, timeout, 429/5xx after the retries) are written too, and the
 stage then fails with :class:`TransientFailures`: a re-run calls exactly those again.
 """
@@ -18,18 +20,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sp2dpo import tracking
 from sp2dpo.annotate.cache import CallStore
 from sp2dpo.annotate.execute import execute
 from sp2dpo.annotate.plan import estimate, is_done, plan_calls, select_pairs
 from sp2dpo.annotate.prompts import load_variants
-from sp2dpo.annotate.report import call_table, report, stable_report
-from sp2dpo.core import artifacts, schemas
+from sp2dpo.annotate.report import call_table, latency_summary, report, stable_report
+from sp2dpo.core import artifacts, runlog, schemas
 from sp2dpo.core.config import (
     AnnotateConfig,
     DecodingConfig,
     PromptsConfig,
     TeacherConfig,
     check_panel,
+    flatten,
 )
 from sp2dpo.core.errors import UserError
 from sp2dpo.llm.teachers import Teacher
@@ -55,6 +59,8 @@ class AnnotatePaths:
             None: ``out`` without its suffix (``data/annotate/calls/``).
         report: the metrics JSON (None: not written).
         prompts_root: the folder ``prompts.dir`` is relative to.
+        run_log: folder of the run logs (latencies, attempts, finish time of every call made;
+            None: not written).
     """
 
     pairs: Path
@@ -62,6 +68,7 @@ class AnnotatePaths:
     log: Path | None = None
     report: Path | None = None
     prompts_root: Path = Path(".")
+    run_log: Path | None = None
 
     @classmethod
     def pipeline(cls) -> AnnotatePaths:
@@ -70,6 +77,7 @@ class AnnotatePaths:
             out=Path("data/annotate/calls.parquet"),
             log=Path("data/annotate/calls"),
             report=Path("reports/annotate.json"),
+            run_log=runlog.PIPELINE_DIR / "annotate",
         )
 
     @property
@@ -90,6 +98,7 @@ def run(
     paths: AnnotatePaths,
     *,
     estimate_only: bool = False,
+    track: bool = False,
 ) -> dict[str, Any]:
     """Annotate the pairs with the panel: sections ``teachers``, ``prompts``, ``decoding`` and
     ``annotate`` of the params.
@@ -98,6 +107,7 @@ def run(
         teachers, prompts, decoding, settings: the four params sections.
         paths: inputs and outputs (:class:`AnnotatePaths`).
         estimate_only: return the estimate of calls, tokens and cost; nothing is called or written.
+        track: log the run (params, calls made, cost, latency per teacher) to MLflow.
 
     Returns:
         The report (or the estimate).
@@ -142,16 +152,34 @@ def run(
     for ti in sorted({s.teacher for s in todo}):
         backends[ti] = Teacher(teachers[ti], decoding, chars_per_token=settings.chars_per_token)
     made: Counter[str] = Counter()
+    timings: list[dict[str, Any]] = []
     store.ensure()
     if todo:
-        with store:
-            made = execute(todo, pairs, backends, variants, store, progress=settings.progress)
+        try:
+            with store:
+                made = execute(todo, pairs, backends, variants, store, progress=settings.progress,
+                               timings=timings)
+        except BaseException:
+            if paths.run_log is not None and timings:  # what the stopped run measured
+                runlog.write(paths.run_log, {"stage": "annotate", "completed": False,
+                                             "latency_s": latency_summary(timings), "calls": timings})
+            raise
         records = store.read()
     table = call_table(specs, records)
     artifacts.write_table(table, out_path, schemas.AnnotatedCallTable)
     summary = report(table, teachers, variants, made, store.skipped_lines)
+    summary["latency_s"] = latency_summary(timings)
     if paths.report is not None:
         artifacts.write_json(stable_report(summary), paths.report)
+    if paths.run_log is not None:
+        runlog.write(paths.run_log, {
+            "stage": "annotate", "completed": True,
+            **{k: summary[k] for k in ("calls", "calls_made", "calls_cached", "log_lines_skipped",
+                                       "cost_usd", "latency_s")},
+            "calls": timings,
+        })
+    if track:
+        _track(summary, teachers, prompts, decoding, settings)
     log.info(
         "annotate: %d calls (%d made now), %d ok, %d pairs complete, cost $%.4f -> %s",
         summary["calls"], summary["calls_made"], summary["status"]["ok"], summary["pairs_complete"],
@@ -169,3 +197,32 @@ def run(
             f"{store.path})"
         )
     return summary
+
+
+def _track(
+    summary: dict[str, Any],
+    teachers: list[TeacherConfig],
+    prompts: PromptsConfig,
+    decoding: DecodingConfig,
+    settings: AnnotateConfig,
+) -> None:
+    """One MLflow run per annotate run: the four sections as params, calls and cost, and each
+    teacher's latency percentiles (measured on the calls made now)."""
+    params = flatten({
+        "teachers": [dataclasses.asdict(t) for t in teachers],
+        "prompts": dataclasses.asdict(prompts),
+        "decoding": dataclasses.asdict(decoding),
+        "annotate": dataclasses.asdict(settings),
+    })
+    metrics: dict[str, float] = {
+        k: float(summary[k]) for k in ("calls", "calls_made", "calls_cached", "pairs_complete", "cost_usd")
+    }
+    for teacher, row in summary["per_teacher"].items():
+        metrics[f"{teacher}/calls_made"] = float(row.get("calls_made", 0))
+        metrics[f"{teacher}/ok_rate"] = float(row["ok_rate"] or 0.0)
+    for teacher, pct in summary["latency_s"].items():
+        metrics.update({f"{teacher}/latency_{q}_s": float(v) for q, v in pct.items() if v is not None})
+    with tracking.start_run("annotate", params, {"stage": "annotate"},
+                            experiment=tracking.ANNOTATE_EXPERIMENT) as tracker:
+        tracker.log_metrics(metrics)
+        log.info("annotate: logged to MLflow run %s", tracker.run_id)

@@ -126,14 +126,12 @@ class AnnotatedCallTable(CallTable):
     template_sha256: Series[str] = pa.Field(nullable=False, str_matches=_SHA256)
     request_sha256: Series[str] = pa.Field(nullable=False, str_matches=_SHA256)
     attempts: Series[int] = pa.Field(nullable=False, ge=1)
-    latency_s: Series[float] = pa.Field(nullable=True, ge=0.0)
     prompt_tokens: Series[float] = pa.Field(nullable=True, ge=0.0)
     completion_tokens: Series[float] = pa.Field(nullable=True, ge=0.0)
     cost_usd: Series[float] = pa.Field(nullable=False, ge=0.0)
     response_text: Series[str] = pa.Field(nullable=True)
     error: Series[str] = pa.Field(nullable=True)
     transient: Series[bool] = pa.Field(nullable=False)
-    timestamp: Series[str] = pa.Field(nullable=False)
 
     class Config:
         strict = False

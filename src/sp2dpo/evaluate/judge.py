@@ -396,6 +396,16 @@ def stable_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k not in VOLATILE_SUMMARY_KEYS}
 
 
+#: Annotation fields that measure wall-clock time: in memory (for :func:`summarize`), never in a
+#: written annotations file, so re-judging the same answers writes the same bytes.
+VOLATILE_ANNOTATION_KEYS = ("time_per_example",)
+
+
+def stable_annotations(annotations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``annotations`` without :data:`VOLATILE_ANNOTATION_KEYS` (what the eval stage writes)."""
+    return [{k: v for k, v in a.items() if k not in VOLATILE_ANNOTATION_KEYS} for a in annotations]
+
+
 def annotate_pairs(
     annotator: PairwiseJudge,
     references: Sequence[Mapping[str, Any]],

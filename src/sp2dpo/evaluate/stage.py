@@ -12,7 +12,8 @@ trained method = its adapter ``models/<student>/<method>``) is evaluated the sam
 Outputs, per method: ``<outputs>/<method>/{model_outputs.json, annotations.json, ifeval.jsonl}``;
 for the student: the report (``reports/eval/<student>.json`` in the pipeline: DVC metrics, nothing
 that changes between identical runs). Metrics also go to MLflow: into the training run of the
-adapter (found by the adapter's hash), or a run of their own for the base student.
+adapter (found by the adapter's hash), or a run of their own for the base student. Wall-clock
+measurements (generation time, judge latency) go to MLflow and the run log only.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sp2dpo import tracking
-from sp2dpo.core import artifacts
+from sp2dpo.core import artifacts, runlog
 from sp2dpo.core.config import ConfigError, EvalConfig, TeacherConfig, TrainConfig, flatten
 from sp2dpo.core.sampling import seeded_subset
 from sp2dpo.evaluate import alpaca, generate, ifeval, judge, winrate
@@ -49,12 +51,14 @@ class EvalPaths:
         outputs: answers, annotations and IFEval records, one folder per method.
         report: the student's metrics JSON.
         judge_prompts: the judge's ``system.txt`` and ``user.txt``.
+        run_log: folder of the run logs (generation and judge times; None: not written).
     """
 
     adapters: Path
     outputs: Path
     report: Path
     judge_prompts: Path = DEFAULT_PROMPTS_DIR
+    run_log: Path | None = None
 
     @classmethod
     def pipeline(cls, student: str) -> EvalPaths:
@@ -63,6 +67,7 @@ class EvalPaths:
             adapters=Path("models") / student,
             outputs=Path("data/eval") / student,
             report=Path("reports/eval") / f"{student}.json",
+            run_log=runlog.PIPELINE_DIR / "eval" / student,
         )
 
     def adapter(self, method: str) -> Path:
@@ -148,7 +153,9 @@ def run(
     # 1. answers (one student load per method; freed before the judge loads)
     answers: dict[str, list[dict[str, Any]]] = {}
     ifeval_answers: dict[str, dict[Any, str]] = {}
+    timings: dict[str, dict[str, float]] = {method: {} for method in methods}
     for method in methods:
+        started = time.perf_counter()
         adapter = None if method == BASE else paths.adapter(method)
         model, tokenizer = generate.load_student(student, adapter)
         answers[method] = generate.generate_outputs(
@@ -161,6 +168,7 @@ def run(
                 max_new_tokens=ecfg.ifeval.max_new_tokens,
             )
             ifeval_answers[method] = {p.key: r for p, r in zip(prompts, responses, strict=True)}
+        timings[method]["timing/generation_s"] = time.perf_counter() - started
         del model, tokenizer
         gc.collect()
 
@@ -175,6 +183,9 @@ def run(
     try:
         for method in methods:
             annotations, judge_summary = judge.annotate_pairs(annotator, items, answers[method], seed=ae.seed)
+            timings[method].update({f"timing/judge_{k}": float(judge_summary[k])
+                                    for k in judge.VOLATILE_SUMMARY_KEYS})
+            annotations = judge.stable_annotations(annotations)
             folder = paths.method_outputs(method)
             judged = [a for a in annotations if a.get("preference") is not None]
             failed = [a for a in annotations if a.get("preference") is None]
@@ -218,6 +229,8 @@ def run(
         "length_controlled_method": by_method[methods[0]]["alpaca_eval"]["length_controlled_method"],
     }
     artifacts.write_json(report, paths.report)
+    if paths.run_log is not None:
+        runlog.write(paths.run_log, {"stage": "eval", "student": student.name, "timings": timings})
 
     if track:
         flat = logged_params if logged_params is not None else flatten({"eval": dataclasses.asdict(ecfg)})
@@ -225,7 +238,7 @@ def run(
             sha = tracking.adapter_sha256(paths.adapter(method)) if method != BASE else None
             run_id = tracking.log_eval(
                 generator_name(student.name, method),
-                flat_metrics(by_method[method]),
+                {**flat_metrics(by_method[method]), **timings[method]},
                 adapter_sha=sha,
                 flat_params=flat,
                 pinned={"method": method, "student": student.name, "stage": "eval"},

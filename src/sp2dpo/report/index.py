@@ -126,10 +126,9 @@ def summarize_annotate(data: dict[str, Any]) -> str:
 
 
 def annotate_table(data: dict[str, Any]) -> list[str]:
-    """Per teacher: model, calls, statuses, latency percentiles, tokens and cost."""
+    """Per teacher: model, calls, statuses, tokens and cost (latencies are in MLflow)."""
     rows = []
     for teacher, t in sorted(data.get("per_teacher", {}).items()):
-        lat = t.get("latency_s", {})
         rows.append(
             [
                 teacher,
@@ -137,7 +136,6 @@ def annotate_table(data: dict[str, Any]) -> list[str]:
                 _num(t.get("calls")),
                 _nonzero_statuses(t.get("status", {})),
                 _num(t.get("pairs_incomplete")),
-                " / ".join(_num(lat.get(p), 2) for p in ("p50", "p90", "p99")),
                 f"{_num(t.get('prompt_tokens'))} / {_num(t.get('completion_tokens'))}",
                 "$" + _num(float(t.get("cost_usd", 0.0)), 4),
             ]
@@ -150,7 +148,6 @@ def annotate_table(data: dict[str, Any]) -> list[str]:
         "calls",
         "status",
         "pairs incomplete",
-        "latency p50 / p90 / p99 (s)",
         "tokens in / out",
         "cost",
     ]

@@ -177,7 +177,10 @@ def run(
         elapsed = time.perf_counter() - start
         trainer.remove_target()
         trainer.save_model(str(paths.adapter))
-        normalize_adapter_dir(paths.adapter)
+        beta_source = (f"column `{method.beta_column}` of the beta artifact" if method.beta_column
+                       else f"the global value {method.beta}")
+        normalize_adapter_dir(paths.adapter, base_model=student.model, revision=student.revision,
+                              card=model_card(student, method.name, method.loss, beta_source))
         losses_seen = [h["loss"] for h in recorder.history if "loss" in h]
         last = next((h for h in reversed(recorder.history) if "loss" in h), {})
         metrics = {
@@ -279,23 +282,62 @@ def write_loss_curve(history: list[dict[str, float]], path: str | Path) -> None:
     artifacts.write_text("\n".join(lines) + "\n", path)
 
 
-def normalize_adapter_dir(path: str | Path) -> None:
-    """Make a saved adapter folder byte-stable across identical runs.
+#: Tokenizer files Trainer saves beside the adapter: a copy of the student's tokenizer (the eval
+#: stage loads the student's own, with the same chat-template override), 3.5 MB for SmolLM2.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
+)
+
+
+def normalize_adapter_dir(
+    path: str | Path,
+    *,
+    base_model: str | None = None,
+    revision: str | None = None,
+    card: str | None = None,
+) -> None:
+    """Make a saved adapter folder a portable, byte-stable function of the run.
 
     PEFT writes ``target_modules`` from a set (its order follows Python's per-process string
-    hashing), and Trainer pickles its arguments, scratch folder included, into
-    ``training_args.bin``. The list is sorted and the pickle dropped: the resolved training config
-    is logged to MLflow instead.
+    hashing), Trainer pickles its arguments, scratch folder included, into ``training_args.bin``,
+    and both record the base model as the folder it was loaded from (a machine's cache path).
+    The lists are sorted, the pickle and the tokenizer copy dropped (the resolved training
+    config is logged to MLflow instead), the base model recorded as ``base_model`` (the
+    student's spec: a Hub id, or ``local:<name>``) at ``revision``, and the model card replaced
+    by ``card``.
     """
     path = Path(path)
-    (path / "training_args.bin").unlink(missing_ok=True)
+    for name in ("training_args.bin", *TOKENIZER_FILES):
+        (path / name).unlink(missing_ok=True)
     config_file = path / "adapter_config.json"
     if config_file.exists():
         data = json.loads(config_file.read_text())
         for key in ("target_modules", "modules_to_save", "exclude_modules"):
             if isinstance(data.get(key), list):
                 data[key] = sorted(data[key])
+        if base_model is not None:
+            data["base_model_name_or_path"] = base_model
+            data["revision"] = revision
         artifacts.write_json(data, config_file)
+    if card is not None:
+        artifacts.write_text(card, path / "README.md")
+
+
+def model_card(student: StudentConfig, method_name: str, loss: str, beta_source: str) -> str:
+    """The adapter folder's README: what it is and how it was made (no paths, no times)."""
+    revision = f" at revision `{student.revision}`" if student.revision else ""
+    return (
+        "---\n"
+        f"base_model: {student.model}\n"
+        "library_name: peft\n"
+        "tags: [sp2dpo, dpo, lora, trl]\n"
+        "---\n\n"
+        f"# {student.name}-{method_name}\n\n"
+        f"A LoRA adapter of `{student.model}`{revision}, trained by sp2dpo's train stage with the "
+        f"`{loss}` loss and beta from {beta_source}. The run's params, loss curve and evaluation "
+        "metrics are in its MLflow run (tag `adapter_sha256`); `dvc.lock` records its inputs.\n"
+    )
 
 
 #: Run facts that differ between identical re-runs, kept out of the DVC metrics file.

@@ -289,6 +289,37 @@ def _add_audit(sub: Subparsers) -> None:
     d.set_defaults(func=_cmd_audit_diff)
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    result = audit.verify.verify(args.rev, repo=args.repo, workdir=args.workdir, keep=args.keep,
+                                 recall_teachers=args.recall_teachers)
+    print(audit.outputs.render(result, "json" if args.json else "text"), end="")
+    print(f"verify: {audit.outputs.summary(result)}", file=sys.stderr)
+    return 0 if result.identical else 1
+
+
+def _add_verify(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="re-run a commit's pipeline from its own code in a fresh clone and compare every "
+        "output with its dvc.lock",
+        description="Clone the repository at REV, pull its inputs and recorded teacher calls, run "
+        "`dvc repro -f --no-run-cache` there with the clone's code, and compare every output REV's "
+        "dvc.lock records with the re-run's (md5), saying by file type what differs. Exit status: "
+        "0 every output identical, 1 some differ, 2 usage error, 3 the re-run failed.",
+    )
+    p.add_argument("rev", metavar="REV", nargs="?", default="HEAD",
+                   help="the commit to verify (anything git resolves; default: HEAD)")
+    p.add_argument("--recall-teachers", action="store_true",
+                   help="call the teachers again instead of answering from REV's recorded calls "
+                   "(with real APIs this costs what the annotate stage cost)")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (clone and repro log)")
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="where to make the work folder (default: the system's temporary folder)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--repo", default=".", metavar="PATH", help="the repository (default: .)")
+    p.set_defaults(func=_cmd_verify)
+
+
 # ------------------------------------------------------------------------------ metrics tools
 
 
@@ -417,6 +448,7 @@ PARSERS: list[Callable[[Subparsers], None]] = [
     _add_eval,
     _add_report,
     _add_audit,
+    _add_verify,
     _add_winrate,
     _add_ifeval,
     _add_params_cmd,

@@ -140,6 +140,12 @@ def _parse_csv(content: bytes, label: str) -> pd.DataFrame:
     return frame
 
 
+def side_from_bytes(content: bytes, label: str) -> Side:
+    """A side from a beta artifact's bytes, without provenance (``sp2dpo verify`` reads both
+    versions itself: from the DVC cache and from a re-run)."""
+    return Side(label, _parse_csv(content, label), {}, "unknown (read from bytes)")
+
+
 def load_side(spec: str, cwd: str | Path = ".") -> Side:
     """Read one side of a diff: ``path`` or ``REV:path``.
 

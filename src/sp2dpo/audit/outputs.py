@@ -1,0 +1,219 @@
+"""The outputs a ``dvc.lock`` records, two versions of them, and what differs between them.
+
+:func:`compare_locks` pairs every output of a revision's lock with the re-run's by md5 (a
+directory by its ``.dir`` md5); :class:`Versions` reads the revision's copy of an output (from
+git for ``cache: false`` outputs, else from the DVC cache by md5; a directory through its ``.dir``
+object) and the re-run's (the clone's workspace); :func:`describe_output` says in one line what
+differs (:mod:`sp2dpo.audit.describe`); :func:`render` prints the verdict of ``sp2dpo verify``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sp2dpo.audit import describe
+
+IDENTICAL, DIFFERS = "identical", "differs"
+#: Timeout (s) of a ``git show`` of one file.
+GIT_TIMEOUT = 120
+
+
+@dataclasses.dataclass
+class OutputCheck:
+    """One output: its md5 in the revision's lock and in the re-run's, and what differs."""
+
+    path: str
+    stage: str | None
+    status: str  # IDENTICAL or DIFFERS
+    detail: str = ""
+    expected_md5: str | None = None
+    actual_md5: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """The verdict on one revision: every output's check, sorted by path."""
+
+    rev: str  # the full commit hash
+    outputs: list[OutputCheck]
+    unavailable: list[str] = dataclasses.field(default_factory=list)  # REV copies nowhere to fetch
+    workdir: Path | None = None  # the kept work folder (None: removed)
+
+    @property
+    def identical(self) -> bool:
+        return all(o.status == IDENTICAL for o in self.outputs)
+
+
+def lock_outputs(lock: Mapping[str, Any] | None) -> dict[str, dict[str, str | None]]:
+    """``{stage: {out path: md5}}`` of a parsed ``dvc.lock`` (every stage's ``outs``, metrics,
+    plots and ``cache: false`` files included: the lock lists them all under ``outs``)."""
+    stages = (lock or {}).get("stages") or {}
+    return {
+        str(name): {
+            str(o["path"]): o.get("md5")
+            for o in (entry or {}).get("outs") or []
+            if isinstance(o, dict) and "path" in o
+        }
+        for name, entry in stages.items()
+    }
+
+
+def compare_locks(expected: Mapping[str, Any] | None, actual: Mapping[str, Any] | None) -> list[OutputCheck]:
+    """Every output of either lock, sorted by path: identical when both record the same md5;
+    otherwise it differs (detail empty when both md5s exist: :func:`verify` describes it)."""
+    old, new = lock_outputs(expected), lock_outputs(actual)
+    checks = []
+    for stage in sorted(set(old) | set(new)):
+        a, b = old.get(stage), new.get(stage)
+        if a is None or b is None:
+            outs = b if a is None else a
+            detail = (f"not recorded in REV's dvc.lock (no stage {stage!r} there)" if a is None
+                      else f"missing after the re-run (no stage {stage!r} in its dvc.lock)")
+            checks += [OutputCheck(path, stage, DIFFERS, detail, *((None, md5) if a is None else (md5, None)))
+                       for path, md5 in outs.items()]
+            if not outs:
+                checks.append(OutputCheck(f"(stage {stage})", stage, DIFFERS, detail))
+            continue
+        for path in sorted(set(a) | set(b)):
+            if path not in b:
+                checks.append(OutputCheck(path, stage, DIFFERS, "missing after the re-run", a[path], None))
+            elif path not in a:
+                checks.append(OutputCheck(path, stage, DIFFERS, "not recorded in REV's dvc.lock", None, b[path]))
+            elif a[path] is not None and a[path] == b[path]:
+                checks.append(OutputCheck(path, stage, IDENTICAL, "", a[path], b[path]))
+            else:
+                detail = "" if a[path] and b[path] else "no md5 recorded"
+                checks.append(OutputCheck(path, stage, DIFFERS, detail, a[path], b[path]))
+    return sorted(checks, key=lambda c: (c.path, c.stage or ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Versions:
+    """Where REV's and the re-run's copies of the outputs are."""
+
+    clone: Path
+    commit: str
+    cache: Path  # the DVC cache the clone uses
+    tracked: frozenset[str]  # files git tracks at REV (the cache: false outputs among them)
+    env: Mapping[str, str] | None = None  # of the git commands in the clone
+
+    def object_path(self, md5: str) -> Path | None:
+        for path in (self.cache / "files" / "md5" / md5[:2] / md5[2:], self.cache / md5[:2] / md5[2:]):
+            if path.is_file():
+                return path
+        return None
+
+    def rev_bytes(self, path: str, md5: str | None) -> bytes | None:
+        """REV's copy of a file output (git for ``cache: false``, else the cache by md5)."""
+        if path in self.tracked:
+            proc = subprocess.run(["git", "show", f"{self.commit}:{path}"], cwd=self.clone,
+                                  capture_output=True, timeout=GIT_TIMEOUT, env=self.env)
+            return proc.stdout if proc.returncode == 0 else None
+        found = self.object_path(md5) if md5 else None
+        return found.read_bytes() if found else None
+
+    def rev_listing(self, md5: str) -> dict[str, str] | None:
+        """``relpath -> md5`` of a directory output from its ``.dir`` object."""
+        found = self.object_path(md5)
+        if found is None:
+            return None
+        return {e["relpath"]: e["md5"] for e in json.loads(found.read_bytes())}
+
+    def rev_available(self, path: str, md5: str | None) -> bool:
+        if path in self.tracked or not md5:
+            return True
+        if not md5.endswith(".dir"):
+            return self.object_path(md5) is not None
+        listing = self.rev_listing(md5)
+        return listing is not None and all(self.object_path(m) for m in listing.values())
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _ignored(clone: Path) -> Callable[[str], bool]:
+    """What ``.dvcignore`` keeps out of a directory's hash (DVC applies it too)."""
+    path = clone / ".dvcignore"
+    if not path.is_file():
+        return lambda rel: False
+    import pathspec
+
+    spec = pathspec.GitIgnoreSpec.from_lines(path.read_text().splitlines())
+    return spec.match_file
+
+
+def workspace_listing(folder: Path, clone: Path) -> dict[str, str]:
+    """``relpath -> md5`` of every file under ``folder`` that DVC hashes."""
+    ignored = _ignored(clone)
+    return {
+        p.relative_to(folder).as_posix(): _md5_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not ignored(p.relative_to(clone).as_posix())
+    }
+
+
+def describe_output(check: OutputCheck, versions: Versions) -> str:
+    """What differs between REV's copy of an output and the re-run's (one line)."""
+    target = versions.clone / check.path
+    if not target.exists():
+        return "missing after the re-run"
+    unavailable = (
+        f"md5 {check.expected_md5} -> {check.actual_md5}; REV's copy is in neither the DVC cache "
+        "nor the remote, so only the hashes compare"
+    )
+    expected = check.expected_md5 or ""
+    if expected.endswith(".dir"):
+        listing = versions.rev_listing(expected)
+        if listing is None or not target.is_dir():
+            return unavailable if listing is None else "a file after the re-run, a directory at REV"
+
+        def read_old(rel: str) -> bytes | None:
+            found = versions.object_path(listing[rel])
+            return found.read_bytes() if found else None
+
+        def read_new(rel: str) -> bytes | None:
+            return (target / rel).read_bytes() if (target / rel).is_file() else None
+
+        return describe.describe_dir(listing, workspace_listing(target, versions.clone), read_old, read_new)
+    old = versions.rev_bytes(check.path, expected)
+    if old is None:
+        return unavailable
+    if target.is_dir():
+        return "a directory after the re-run, a file at REV"
+    return describe.describe_file(check.path, old, target.read_bytes())
+
+
+def render(report: VerifyReport, fmt: str = "text") -> str:
+    """One line per output (``identical  PATH`` / ``differs    PATH: DETAIL``), or JSON."""
+    if fmt == "json":
+        return json.dumps(
+            {"rev": report.rev, "identical": report.identical,
+             "outputs": [o.as_dict() for o in report.outputs]},
+            indent=2, ensure_ascii=False,
+        ) + "\n"
+    lines = [
+        f"{o.status:<10} {o.path}" + (f": {o.detail}" if o.status != IDENTICAL else "")
+        for o in report.outputs
+    ]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def summary(report: VerifyReport) -> str:
+    differ = sum(o.status != IDENTICAL for o in report.outputs)
+    if not differ:
+        return f"{report.rev[:12]}: all {len(report.outputs)} outputs reproduced exactly"
+    return f"{report.rev[:12]}: {differ} of {len(report.outputs)} outputs differ from the re-run"

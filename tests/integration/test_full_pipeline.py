@@ -1,5 +1,7 @@
-"""The whole offline DAG from a fresh copy: fetch -> ... -> eval -> report, then `dvc exp run -S`
-on an aggregation parameter (re-runs aggregate and what follows it, never annotate)."""
+"""The whole offline DAG from a fresh copy: fetch -> ... -> eval -> report, `sp2dpo verify` on the
+committed run (every output comes back byte for byte), then `dvc exp run -S` on an aggregation
+parameter (re-runs aggregate and what follows it, never annotate), and `sp2dpo verify` on a commit
+that changes that parameter without re-running: it names exactly the outputs the change moves."""
 
 from __future__ import annotations
 
@@ -17,6 +19,19 @@ from tests.conftest import copy_project, run
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
 METHODS = ("base", "dpo", "sp2dpo", "rand_beta")
+
+
+def _out_md5s(lock_text: str) -> dict[str, str | None]:
+    """Every output of a dvc.lock (cached or not) by path -> md5."""
+    stages = (yaml.safe_load(lock_text) or {}).get("stages", {})
+    return {o["path"]: o.get("md5") for entry in stages.values() for o in entry.get("outs", [])}
+
+
+def _verify(repo: Path, work: Path, *extra: str):
+    proc = run([str(BIN / "sp2dpo"), "verify", "HEAD", "--workdir", str(work), *extra], cwd=repo,
+               check=False, timeout=1500)
+    assert proc.returncode in (0, 1), f"verify failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc
 
 
 def _stages_run(output: str) -> set[str]:
@@ -43,7 +58,8 @@ def _changed_by_code(repo: Path, path: str, old: str, new: str) -> dict[str, set
 
 
 @pytest.mark.slow
-def test_offline_dag_end_to_end_then_exp_run_on_an_aggregation_param(tmp_path):
+@pytest.mark.timeout(3600)
+def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_path):
     repo = copy_project(tmp_path / "repo")
     run([DVC, "pull", "-q", "data.dvc", "evalsets.dvc"], cwd=repo)
     # The default code path with smaller numbers (2 CPU cores).
@@ -81,6 +97,7 @@ def test_offline_dag_end_to_end_then_exp_run_on_an_aggregation_param(tmp_path):
             assert a["generator_1"] == "gpt4_1106_preview" and a["generator_2"] == f"smollm2-{method}"
             assert a["output_1"] == ref_by_instruction[a["instruction"]]
             assert 1.0 <= a["preference"] <= 2.0
+            assert "time_per_example" not in a  # measured times go to MLflow and logs/, not here
         assert len((folder / "ifeval.jsonl").read_text().splitlines()) == 3
 
     report = json.loads((repo / "reports/eval/smollm2.json").read_text())
@@ -128,9 +145,19 @@ def test_offline_dag_end_to_end_then_exp_run_on_an_aggregation_param(tmp_path):
 
     # Re-running changes nothing; the pipeline is clean.
     assert _stages_run(run([DVC, "repro"], cwd=repo).stdout) == set()
+    run([DVC, "push", "-q"], cwd=repo)  # the outputs in the bundled remote, committed with them
     run([*git, "add", "-A"], cwd=repo)
     run([*git, "commit", "-qm", "baseline run"], cwd=repo)
     assert json.loads(run([DVC, "status", "--json"], cwd=repo).stdout) == {}
+    baseline = _out_md5s((repo / "dvc.lock").read_text())
+
+    # An auditor re-runs the commit from scratch in a clone: every output comes back identical.
+    work = tmp_path / "verify"
+    same = _verify(repo, work)
+    assert same.returncode == 0, same.stdout
+    assert same.stdout.splitlines() == [f"identical  {path}" for path in sorted(baseline)]
+    assert list(work.iterdir()) == []  # the clone is gone
+    assert run(["git", "status", "--porcelain"], cwd=repo).stdout == ""  # nothing written here
 
     # Code changes mark exactly the stages that run the code: a core default reaches every stage
     # (all read their params through it), the HTTP client only the two stages that call LLMs,
@@ -164,3 +191,23 @@ def test_offline_dag_end_to_end_then_exp_run_on_an_aggregation_param(tmp_path):
     audit = json.loads(run([str(BIN / "sp2dpo"), "audit", "diff", "HEAD:data/beta/beta.csv",
                             "data/beta/beta.csv", "--json"], cwd=repo).stdout)
     assert audit["common"] == audit["n_old"] == audit["n_new"] and audit["max_abs_change"] > 0
+
+    # A commit that changes the param without re-running (its dvc.lock still records the old
+    # outputs): verify fails and names exactly the outputs the experiment above moved.
+    after = _out_md5s((repo / "dvc.lock").read_text())
+    moved = {path for path, md5 in baseline.items() if after.get(path) != md5}
+    assert {"data/beta/beta.csv", "reports/aggregate.json", "models/smollm2/sp2dpo"} <= moved
+    assert "data/annotate/calls.parquet" not in moved and "models/smollm2/dpo" not in moved
+    run(["git", "checkout", "HEAD", "--", "dvc.lock"], cwd=repo)
+    run([*git, "commit", "-qm", "weighted_mean, not re-run", "--", "params.yaml", "dvc.lock"], cwd=repo)
+    changed = _verify(repo, work, "--json")
+    assert changed.returncode == 1
+    result = json.loads(changed.stdout)
+    assert result["identical"] is False and [o["path"] for o in result["outputs"]] == sorted(baseline)
+    assert {o["path"] for o in result["outputs"] if o["status"] == "differs"} == moved
+    by_path = {o["path"]: o for o in result["outputs"]}
+    beta = by_path["data/beta/beta.csv"]
+    assert beta["stage"] == "aggregate" and beta["expected_md5"] == baseline["data/beta/beta.csv"]
+    assert beta["actual_md5"] == after["data/beta/beta.csv"]  # the re-run at REV = the experiment
+    assert beta["detail"].startswith("beta artifact: pairs 4 -> 4 (+0 -0), ")
+    assert "adapter_model.safetensors" in by_path["models/smollm2/sp2dpo"]["detail"]

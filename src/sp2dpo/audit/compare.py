@@ -56,26 +56,36 @@ class Side:
 # --------------------------------------------------------------------------------------------
 
 
-def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True)
+#: Timeout (s) of one git command (rev-parse, show of one file).
+GIT_TIMEOUT = 120
 
 
-def _repo_root(start: Path) -> Path:
-    proc = _git(start, "rev-parse", "--show-toplevel")
+def _git(repo: Path, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, env=env, timeout=GIT_TIMEOUT)
+
+
+def git_root(start: Path, env: Mapping[str, str] | None = None) -> Path:
+    """The top folder of the git repository holding ``start``."""
+    try:
+        proc = _git(start, "rev-parse", "--show-toplevel", env=env)
+    except (FileNotFoundError, NotADirectoryError):
+        raise AuditError(f"{start}: no such folder, or git is not installed") from None
     if proc.returncode != 0:
-        raise AuditError(f"{start}: not inside a git repository, so REV:path cannot be resolved")
+        raise AuditError(f"{start}: not a git repository")
     return Path(proc.stdout.decode().strip())
 
 
-def _resolve_commit(repo: Path, rev: str) -> str:
-    proc = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+def resolve_commit(repo: Path, rev: str, env: Mapping[str, str] | None = None) -> str:
+    """The full hash of the commit ``rev`` names in ``repo``."""
+    proc = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", env=env)
     if proc.returncode != 0:
         raise AuditError(f"revision {rev!r} does not exist in {repo}")
     return proc.stdout.decode().strip()
 
 
-def _git_show(repo: Path, commit: str, path: str) -> bytes | None:
-    proc = _git(repo, "show", f"{commit}:{path}")
+def git_show(repo: Path, commit: str, path: str, env: Mapping[str, str] | None = None) -> bytes | None:
+    """``path``'s bytes at ``commit`` (None: git does not track it there)."""
+    proc = _git(repo, "show", f"{commit}:{path}", env=env)
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -106,7 +116,7 @@ def _params_at(
     workspace), when that lock records ``path`` as the stage's output with exactly these bytes
     (the md5 DVC records); otherwise no provenance: ``({}, "unknown ...")``."""
     where = commit[:12] if commit else "workspace"
-    lock = _git_show(repo, commit, "dvc.lock") if commit else (
+    lock = git_show(repo, commit, "dvc.lock") if commit else (
         (repo / "dvc.lock").read_bytes() if (repo / "dvc.lock").exists() else None
     )
     if not lock:
@@ -160,17 +170,17 @@ def load_side(spec: str, cwd: str | Path = ".") -> Side:
             raise AuditError(f"{spec}: no such file")
         content = local.read_bytes()
         try:
-            repo = _repo_root(local.parent.resolve())
+            repo = git_root(local.parent.resolve())
             rel = local.resolve().relative_to(repo).as_posix()
             params, source = _params_at(repo, None, rel, content)
         except (AuditError, ValueError):
             params, source = {}, "unknown (not inside a git repository)"
         return Side(spec, _parse_csv(content, spec), params, source)
     rev, path = spec.split(":", 1)
-    repo = _repo_root(cwd.resolve())
-    commit = _resolve_commit(repo, rev)
+    repo = git_root(cwd.resolve())
+    commit = resolve_commit(repo, rev)
     rel = str((cwd.resolve() / path).relative_to(repo)) if not Path(path).is_absolute() else path
-    content = _git_show(repo, commit, rel)
+    content = git_show(repo, commit, rel)
     if content is None:
         content = _dvc_read(repo, commit, rel)
     if content is None:

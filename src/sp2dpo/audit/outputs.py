@@ -12,16 +12,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sp2dpo.audit import describe
+from sp2dpo.audit.compare import git_show
 
 IDENTICAL, DIFFERS = "identical", "differs"
-#: Timeout (s) of a ``git show`` of one file.
-GIT_TIMEOUT = 120
 
 
 @dataclasses.dataclass
@@ -115,9 +113,7 @@ class Versions:
     def rev_bytes(self, path: str, md5: str | None) -> bytes | None:
         """REV's copy of a file output (git for ``cache: false``, else the cache by md5)."""
         if path in self.tracked:
-            proc = subprocess.run(["git", "show", f"{self.commit}:{path}"], cwd=self.clone,
-                                  capture_output=True, timeout=GIT_TIMEOUT, env=self.env)
-            return proc.stdout if proc.returncode == 0 else None
+            return git_show(self.clone, self.commit, path, env=self.env)
         found = self.object_path(md5) if md5 else None
         return found.read_bytes() if found else None
 
@@ -137,14 +133,6 @@ class Versions:
         return listing is not None and all(self.object_path(m) for m in listing.values())
 
 
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _ignored(clone: Path) -> Callable[[str], bool]:
     """What ``.dvcignore`` keeps out of a directory's hash (DVC applies it too)."""
     path = clone / ".dvcignore"
@@ -154,6 +142,12 @@ def _ignored(clone: Path) -> Callable[[str], bool]:
 
     spec = pathspec.GitIgnoreSpec.from_lines(path.read_text().splitlines())
     return spec.match_file
+
+
+def _md5_file(path: Path) -> str:
+    """The md5 DVC records for a file."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def workspace_listing(folder: Path, clone: Path) -> dict[str, str]:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from sp2dpo.audit.compare import AuditError, git_root, resolve_commit
 from sp2dpo.audit.outputs import (
     DIFFERS,
     VerifyReport,
@@ -49,7 +50,6 @@ from sp2dpo.audit.outputs import (
     describe_output,
     lock_outputs,
 )
-from sp2dpo.core.errors import UserError
 
 #: Exit status of ``sp2dpo verify`` when the re-run itself failed (0: identical, 1: differs).
 EXIT_REPRO_FAILED = 3
@@ -70,7 +70,7 @@ LOG_TAIL = 30
 Progress = Callable[[str], None]
 
 
-class VerifyError(UserError):
+class VerifyError(AuditError):
     """A verification that cannot be made; the message says why."""
 
 
@@ -101,23 +101,6 @@ def _run(cmd: list[str], cwd: Path, env: Mapping[str, str] | None = None,
 def _last_lines(text: str, n: int = 5) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return " | ".join(lines[-n:]) or "no output"
-
-
-def repo_root(start: Path) -> Path:
-    try:
-        proc = _run(["git", "rev-parse", "--show-toplevel"], cwd=start, env=_git_env())
-    except (FileNotFoundError, NotADirectoryError):
-        raise VerifyError(f"{start}: no such folder, or git is not installed") from None
-    if proc.returncode != 0:
-        raise VerifyError(f"{start}: not a git repository")
-    return Path(proc.stdout.strip())
-
-
-def resolve_rev(root: Path, rev: str) -> str:
-    proc = _run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root, env=_git_env())
-    if proc.returncode != 0:
-        raise VerifyError(f"revision {rev!r} does not exist in {root}")
-    return proc.stdout.strip()
 
 
 def dvc_executable() -> str:
@@ -179,8 +162,8 @@ def verify(
             inputs (or the recorded teacher calls) that cannot be pulled.
         ReproFailed: the re-run failed (the tail of its log was printed through ``progress``).
     """
-    root = repo_root(Path(repo))
-    sha = resolve_rev(root, rev)
+    root = git_root(Path(repo), env=_git_env())
+    sha = resolve_commit(root, rev, env=_git_env())
     if _run(["git", "cat-file", "-e", f"{sha}:{LOCK}"], cwd=root, env=_git_env()).returncode != 0:
         raise VerifyError(f"no {LOCK} at {rev} ({sha[:12]}): nothing to verify")
     dvc = dvc_executable()

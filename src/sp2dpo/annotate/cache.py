@@ -42,6 +42,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sp2dpo.core import artifacts
+
 log = logging.getLogger(__name__)
 
 #: Version of the record layout and of the key recipe; bumping it invalidates every key.
@@ -182,13 +184,7 @@ class _Segment:
         if canonical:
             records: dict[str, dict[str, Any]] = {}
             _read_segment(self.path, records)
-            lines = [_line(records[key]) for key in sorted(records)]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write("".join(lines).encode("utf-8"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            artifacts.write_text("".join(_line(records[key]) for key in sorted(records)), self.path)
 
 
 def _line(record: dict[str, Any]) -> str:

@@ -153,6 +153,13 @@ def run(
         backends[ti] = Teacher(teachers[ti], decoding, chars_per_token=settings.chars_per_token)
     made: Counter[str] = Counter()
     timings: list[dict[str, Any]] = []
+
+    def log_run(completed: bool, **counts: Any) -> None:
+        """What this run measured, to the run log (``counts``: the summary's run facts)."""
+        if paths.run_log is not None:
+            runlog.write(paths.run_log, {"stage": "annotate", "completed": completed, **counts,
+                                         "latency_s": latency_summary(timings), "calls": timings})
+
     store.ensure()
     if todo:
         try:
@@ -160,9 +167,8 @@ def run(
                 made = execute(todo, pairs, backends, variants, store, progress=settings.progress,
                                timings=timings)
         except BaseException:
-            if paths.run_log is not None and timings:  # what the stopped run measured
-                runlog.write(paths.run_log, {"stage": "annotate", "completed": False,
-                                             "latency_s": latency_summary(timings), "calls": timings})
+            if timings:  # what the stopped run measured
+                log_run(False)
             raise
         records = store.read()
     table = call_table(specs, records)
@@ -171,13 +177,8 @@ def run(
     summary["latency_s"] = latency_summary(timings)
     if paths.report is not None:
         artifacts.write_json(stable_report(summary), paths.report)
-    if paths.run_log is not None:
-        runlog.write(paths.run_log, {
-            "stage": "annotate", "completed": True,
-            **{k: summary[k] for k in ("calls", "calls_made", "calls_cached", "log_lines_skipped",
-                                       "cost_usd", "latency_s")},
-            "calls": timings,
-        })
+    log_run(True, **{k: summary[k] for k in ("calls", "calls_made", "calls_cached",
+                                             "log_lines_skipped", "cost_usd")})
     if track:
         _track(summary, teachers, prompts, decoding, settings)
     log.info(

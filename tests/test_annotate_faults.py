@@ -20,9 +20,9 @@ import yaml
 
 from sp2dpo import cli
 from sp2dpo.annotate import TransientFailures
-from sp2dpo.annotate.cache import CallStore
 from sp2dpo.annotate.report import stable_report
 from sp2dpo.core import schemas
+from sp2dpo.llm.callstore import CallStore
 from sp2dpo.llm.client import AuthError
 from tests.conftest import annotate_file
 from tests.fault_server import FaultServer, pairs_frame, params, teacher

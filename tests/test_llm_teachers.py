@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sp2dpo.annotate.cache import CallStore
 from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
+from sp2dpo.llm.callstore import CallStore
 from sp2dpo.llm.teachers import signature
 from tests.conftest import annotate_file
 from tests.fault_server import params

@@ -3,27 +3,25 @@ call appended to the call store at once, a progress bar with the running cost.
 
 Stopping: SIGINT (Ctrl-C) and SIGTERM stop new calls from starting; the calls in flight finish
 and are stored (a reply is paid for: it is never asked again), whatever further signals arrive;
-then :class:`Interrupted` ends the stage with one line. Only SIGKILL loses calls in flight.
+then :class:`sp2dpo.core.stopping.Interrupted` ends the stage with one line. Only SIGKILL loses calls in flight.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import signal
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
 
-from sp2dpo.annotate.cache import LOG_VERSION, CallStore, pair_sha256
-from sp2dpo.annotate.plan import CallSpec
+from sp2dpo.annotate.plan import CallSpec, pair_sha256
 from sp2dpo.annotate.prompts import Variant, messages_sha256
-from sp2dpo.core.errors import UserError
+from sp2dpo.core.stopping import Interrupted, handle_signals
+from sp2dpo.llm.callstore import LOG_VERSION, CallStore
 from sp2dpo.llm.client import PRESETS, AuthError
 from sp2dpo.llm.teachers import CallResult, Teacher, signature
 
@@ -120,30 +118,6 @@ def _timing(spec: CallSpec, teacher: Teacher, variant: Variant, result: CallResu
     }
 
 
-class Interrupted(UserError):
-    """The run was stopped by a signal; every finished call is stored."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_status = 128 + signum
-
-
-@contextlib.contextmanager
-def _signals(handler: Callable[[int], None]) -> Iterator[None]:
-    """``handler(signum)`` for SIGINT and SIGTERM while the block runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, lambda signum, frame: handler(signum))
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
-
-
 def execute(
     todo: list[CallSpec],
     pairs: pd.DataFrame,
@@ -237,7 +211,7 @@ def execute(
             thread.start()
             threads.append(thread)
     try:
-        with _signals(on_signal):
+        with handle_signals(on_signal):
             for thread in threads:
                 while thread.is_alive():
                     thread.join(timeout=0.2)

@@ -1,7 +1,7 @@
 """Planning the calls of the ``annotate`` stage: which pairs, which calls, which are cached, and
 what the rest would cost (``--estimate``).
 
-One call per (pair, teacher, variant), keyed by :func:`sp2dpo.annotate.cache.call_key`. Calls
+One call per (pair, teacher, variant), keyed by :func:`call_key`. Calls
 already in the call log (same key, a final status) are skipped, so a re-run, a run after a crash,
 or a run with one more teacher or variant only calls what is new.
 """
@@ -14,11 +14,43 @@ from typing import Any
 
 import pandas as pd
 
-from sp2dpo.annotate.cache import call_key, pair_sha256
 from sp2dpo.annotate.prompts import Variant
 from sp2dpo.core.config import AnnotateConfig, DecodingConfig, TeacherConfig
 from sp2dpo.core.sampling import seeded_subset
+from sp2dpo.llm.callstore import content_sha256, request_key
 from sp2dpo.llm.teachers import TRANSIENT_STATUSES, signature
+
+
+def pair_sha256(prompt: str, chosen: str, rejected: str) -> str:
+    """sha256 of a pair's content (prompt, chosen, rejected)."""
+    return content_sha256(prompt, chosen, rejected)
+
+
+def call_key(
+    *,
+    prompt_id: str,
+    pair_sha256: str,
+    teacher_id: str,
+    model: str,
+    variant: str,
+    template_sha256: str,
+    decode: dict[str, Any],
+) -> str:
+    """The cache key of one teacher call (hex sha256, :func:`sp2dpo.llm.callstore.request_key`).
+
+    ``decode`` is the backend's request signature: the decoding settings as sent, the
+    structured-output mode and extra fields (HTTP), or the scorer settings (local). Timeouts,
+    retries, endpoint URL and prices are not part of it: they do not change the answer.
+    """
+    return request_key({
+        "prompt_id": prompt_id,
+        "pair": pair_sha256,
+        "teacher": teacher_id,
+        "model": model,
+        "variant": variant,
+        "template": template_sha256,
+        "decode": decode,
+    })
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

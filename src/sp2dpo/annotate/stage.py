@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo import tracking
-from sp2dpo.annotate.cache import CallStore
 from sp2dpo.annotate.execute import execute
 from sp2dpo.annotate.plan import estimate, is_done, plan_calls, select_pairs
 from sp2dpo.annotate.prompts import load_variants
@@ -36,6 +35,7 @@ from sp2dpo.core.config import (
     flatten,
 )
 from sp2dpo.core.errors import UserError
+from sp2dpo.llm.callstore import CallStore
 from sp2dpo.llm.teachers import Teacher
 
 log = logging.getLogger(__name__)

@@ -58,7 +58,7 @@ QUICK_TIMEOUT = 120
 TRANSFER_TIMEOUT = 3600
 #: The teacher call store, a persistent output that answers teacher calls from recorded calls.
 CALL_STORE = "data/annotate/calls"
-#: The annotate stage's shared live call store (``sp2dpo.annotate.cache.SHARED_ENV``); audit/
+#: The annotate stage's shared live call store (``sp2dpo.llm.callstore.SHARED_ENV``); audit/
 #: may not import annotate/, and a shared store must never answer the re-run's calls.
 SHARED_CALLS_ENV = "SP2DPO_SHARED_CALLS"
 #: Variables that would point the clone's commands elsewhere (another repo, run or experiment).

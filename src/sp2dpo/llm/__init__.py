@@ -6,6 +6,8 @@
   rate limits, key hygiene);
 - :mod:`~sp2dpo.llm.local`: the in-process scorer that answers by log-probabilities;
 - :mod:`~sp2dpo.llm.parse`: parsing a semantic-gap reply;
+- :mod:`~sp2dpo.llm.callstore`: the append-only call store that doubles as the cache of
+  every paid call (teachers, judges, answer servers);
 - :mod:`~sp2dpo.llm.teachers`: one retry-and-backoff loop over either backend.
 
 Importing this package loads nothing (no torch, no requests); import the module you need.

@@ -1,4 +1,4 @@
-"""Tests for the call log (sp2dpo.annotate.cache) and the run's planning helpers."""
+"""Tests for the call log (sp2dpo.llm.callstore) and the run's planning helpers."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from sp2dpo.annotate.cache import CallStore, call_key
-from sp2dpo.annotate.plan import select_pairs
+from sp2dpo.annotate.plan import call_key, select_pairs
 from sp2dpo.core import config
 from sp2dpo.core.config import ConfigError
+from sp2dpo.llm.callstore import CallStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,11 @@
-"""The call store: the append-only record of every teacher call, which doubles as the cache.
+"""The call store: the append-only record of every paid LLM call, which doubles as the cache.
 
-One record per finished call, keyed by :func:`call_key`: a sha256 over the pair's content, the
-teacher id and model, the variant's template hash and the decoding settings as sent. A run skips
-every key already stored with a final outcome; adding a teacher or a variant, or changing a
-template or a decoding setting, only calls what is new.
+Shared by the teachers (``annotate``: one record per pair x teacher x variant) and the judges
+and answer servers of ``evaluate``. One record per finished call, keyed by a sha256 of what
+determines the answer (:func:`request_key` over a caller-defined payload: content, model,
+template hash, decoding as sent). A run skips every key already stored with a final outcome, so
+a re-run, a run after a crash or a run with one more teacher, judge or model only calls what is
+new.
 
 Layout: a folder of JSON-lines *segments* (``data/annotate/calls/`` in the pipeline). Each run
 that makes calls appends them to one new segment, ``seg-NNNNNN.jsonl`` with the next free
@@ -46,43 +48,27 @@ from sp2dpo.core import artifacts
 
 log = logging.getLogger(__name__)
 
-#: Version of the record layout and of the key recipe; bumping it invalidates every key.
+#: Version of the record layout and of the key recipes; bumping it invalidates every key.
 LOG_VERSION = 1
 
 
-def pair_sha256(prompt: str, chosen: str, rejected: str) -> str:
-    """sha256 of a pair's content (prompt, chosen, rejected)."""
-    text = json.dumps([prompt, chosen, rejected], ensure_ascii=False)
+def request_key(payload: dict[str, Any]) -> str:
+    """The cache key (hex sha256) of a call described by ``payload``.
+
+    The payload is hashed as canonical JSON (sorted keys, no white space) with ``"v":``
+    :data:`LOG_VERSION` added, so two callers' keys differ as soon as one field does. Put in it
+    what changes the answer (content, model, template hash, decoding as sent), never timeouts,
+    retries, endpoints or prices.
+    """
+    text = json.dumps(
+        {"v": LOG_VERSION, **payload}, ensure_ascii=False, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def call_key(
-    *,
-    prompt_id: str,
-    pair_sha256: str,
-    teacher_id: str,
-    model: str,
-    variant: str,
-    template_sha256: str,
-    decode: dict[str, Any],
-) -> str:
-    """The cache key of one call (hex sha256).
-
-    ``decode`` is the backend's request signature: the decoding settings as sent, the
-    structured-output mode and extra fields (HTTP), or the scorer settings (local). Timeouts,
-    retries, endpoint URL and prices are not part of it: they do not change the answer.
-    """
-    payload = {
-        "v": LOG_VERSION,
-        "prompt_id": prompt_id,
-        "pair": pair_sha256,
-        "teacher": teacher_id,
-        "model": model,
-        "variant": variant,
-        "template": template_sha256,
-        "decode": decode,
-    }
-    text = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+def content_sha256(*parts: str) -> str:
+    """sha256 of a JSON list of strings (e.g. a pair's prompt, chosen and rejected)."""
+    text = json.dumps(list(parts), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

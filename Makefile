@@ -44,12 +44,13 @@ node_modules/.package-lock.json: package.json package-lock.json
 	@touch $@
 
 # Headless Chromium (Debian's) for the plot render test. Where it cannot be installed (no root,
-# no apt), the test skips with a loud reason instead of failing the whole suite.
+# no apt), the test (marker requires_chromium) skips with a loud reason instead of failing the
+# whole suite; CI (.ci/run sets SP2DPO_REQUIRE_CAPABILITIES=1) fails it instead.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  command -v google-chrome >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(APT_INSTALL) chromium >/dev/null; } || \
-	  echo "WARNING: could not install chromium: tests/test_plots_html.py will skip its render test"
+	  echo "WARNING: could not install chromium: tests/test_report_plots_html.py will skip its render test"
 
 $(PLOTS_TEMPLATE): node_modules/.package-lock.json src/sp2dpo/report/plots_html.py | $(VENV)/.installed
 	sp2dpo plots-template -o $@

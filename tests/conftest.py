@@ -1,11 +1,17 @@
-"""Shared fixtures: offline environment, the shipped data sample, a throwaway project copy."""
+"""Shared fixtures: offline environment, the shipped data sample, a throwaway project copy;
+bounded subprocesses; capability markers (``requires_chromium``, ``requires_npm``)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,22 +38,184 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """Run a command, capturing text output; on failure show it in the assertion."""
-    proc = subprocess.run(cmd, cwd=cwd, env=kwargs.pop("env", tool_env()), capture_output=True, text=True, **kwargs)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+#: Default limit (s) of one command started by :func:`run`; pass ``timeout=`` for longer ones.
+RUN_TIMEOUT = 600
+
+
+def _own_group(proc: subprocess.Popen) -> int | None:
+    """``proc``'s process group when it leads one (``start_new_session=True``), else None.
+    Ask before ``proc`` is reaped: afterwards its pid may belong to another process."""
+    if proc.returncode is not None:
+        return None
+    try:
+        return proc.pid if os.getpgid(proc.pid) == proc.pid else None
+    except ProcessLookupError:
+        return None
+
+
+def _kill(proc: subprocess.Popen, group: int | None) -> None:
+    """SIGKILL ``proc``, and every process of ``group`` when given, so that grandchildren
+    (DVC's stage commands, a server's workers) do not outlive it."""
+    if group is None:
+        proc.kill()  # a no-op once proc is reaped
+        return
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, timeout: float = RUN_TIMEOUT, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run a command, capturing text output; on failure show it in the assertion.
+
+    The command runs in its own session; when it outlives ``timeout`` seconds (or the test is
+    interrupted), it and everything it started are killed and the assertion shows its output.
+    """
+    env = kwargs.pop("env", tool_env())
+    with subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    ) as proc:
+        group = _own_group(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc, group)
+            stdout, stderr = proc.communicate(timeout=30)
+            raise AssertionError(
+                f"{' '.join(cmd)} timed out after {timeout} s:\n{stdout}\n{stderr}"
+            ) from None
+        except BaseException:  # pytest-timeout, Ctrl-C: leave nothing running
+            _kill(proc, group)
+            raise
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{stdout}\n{stderr}")
+    return result
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """Terminate a server started by a test; kill it if it does not exit in ``timeout`` s."""
-    proc.terminate()
+    """Terminate a process started by a test; kill it (and its process group, when it leads
+    one) if it does not exit in ``timeout`` s. Never waits longer than ``2 * timeout``."""
+    group = _own_group(proc)
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc, group)
+            proc.wait(timeout=timeout)
+    if group is not None:
+        _kill(proc, group)  # workers the process left behind
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------ capabilities
+
+#: Set to 1 (CI: ``.ci/run``) to fail, not skip, a test whose capability is missing.
+REQUIRE_CAPABILITIES = "SP2DPO_REQUIRE_CAPABILITIES"
+
+
+def find_chromium() -> str | None:
+    """Chromium or Chrome: ``$CHROME_BIN``, else the usual command names on PATH."""
+    if os.environ.get("CHROME_BIN"):
+        return os.environ["CHROME_BIN"]
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def _runs(cmd: list[str]) -> bool:
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        return subprocess.run(cmd, capture_output=True, timeout=60, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _chromium_missing() -> str | None:
+    chromium = find_chromium()
+    if chromium is None or shutil.which(chromium) is None:
+        return "Chromium not installed: run `make browser` (or set CHROME_BIN)"
+    if not _runs([chromium, "--version"]):
+        return f"Chromium at {chromium} does not run (`--version` fails): run `make browser`"
+    return None
+
+
+def _npm_missing() -> str | None:
+    npm = shutil.which("npm")
+    if npm is None:
+        return "npm not installed: run `make node_modules/.package-lock.json` (Node.js + `npm ci`)"
+    if not _runs([npm, "--version"]):
+        return f"npm at {npm} does not run (`--version` fails): reinstall Node.js and npm"
+    return None
+
+
+#: Marker -> (capability name, check returning why it is missing, or None).
+CAPABILITIES = {
+    "requires_chromium": ("chromium", _chromium_missing),
+    "requires_npm": ("npm", _npm_missing),
+}
+
+
+@functools.cache
+def missing_capability(marker: str) -> str | None:
+    """Why the capability of ``marker`` is missing, or None; checked once per session."""
+    return CAPABILITIES[marker][1]()
+
+
+def require_capabilities() -> bool:
+    """Whether a missing capability fails the test (``SP2DPO_REQUIRE_CAPABILITIES=1``)."""
+    return os.environ.get(REQUIRE_CAPABILITIES, "") == "1"
+
+
+#: Tests skipped or failed for a missing capability, by capability name.
+_LACKING: dict[str, list[str]] = {}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test whose capability is missing (fail it with ``SP2DPO_REQUIRE_CAPABILITIES=1``)."""
+    for marker, (name, _) in CAPABILITIES.items():
+        if item.get_closest_marker(marker) is None:
+            continue
+        why = missing_capability(marker)
+        if why is None:
+            continue
+        _LACKING.setdefault(name, []).append(item.nodeid)
+        if require_capabilities():
+            pytest.fail(
+                f"{why} ({REQUIRE_CAPABILITIES}=1: a missing capability fails)", pytrace=False
+            )
+        pytest.skip(f"SKIPPED: {why}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """One line naming the missing capabilities, and how many tests they kept from running."""
+    if _LACKING:
+        parts = [
+            f"{name} ({len(ids)} test{'s' * (len(ids) > 1)})" for name, ids in _LACKING.items()
+        ]
+        verdict = "FAILED" if require_capabilities() else "SKIPPED"
+        terminalreporter.write_line(
+            f"MISSING CAPABILITIES: {', '.join(parts)}; those tests {verdict}", red=True, bold=True
+        )
+
+
+# ---------------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +286,7 @@ def copy_project(dest: Path) -> Path:
     """
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, check=True,
+        cwd=ROOT, capture_output=True, check=True, timeout=120,
     ).stdout.decode().split("\0")
     for rel in filter(None, listed):
         src = ROOT / rel
@@ -149,6 +317,45 @@ def tiny_student(tmp_path_factory) -> Path:
     from sp2dpo.llm import models
 
     return models.build_tiny_model(STUDENT, tmp_path_factory.mktemp("tiny-smollm2"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def serve(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """A `transformers serve` on loopback pinned to the packaged SmolLM2 folder, shared by the
+    session (it is stateless: tests only send requests); always shut down.
+
+    Yields:
+        ``(base_url, folder)``: the OpenAI-compatible ``.../v1`` URL and the served model folder.
+    """
+    import requests
+
+    from sp2dpo.llm import models
+
+    folder = models.ensure_converted("smollm2-135m-instruct")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    transformers = Path(sys.executable).parent / "transformers"
+    cmd = [str(transformers), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
+           "--device", "cpu"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+                        break
+                except requests.RequestException:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log_path.read_text()[-2000:]
+                    pytest.fail(f"transformers serve did not start:\n{tail}")
+                time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}/v1", str(folder)
+        finally:
+            stop_process(proc)
 
 
 #: Six preference pairs with distinct replies (trainer tests).

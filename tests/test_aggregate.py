@@ -836,6 +836,7 @@ def test_stage_script_runs_in_a_project_layout(tmp_path):
         text=True,
         check=False,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"},
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "data" / "beta" / "beta.csv").exists()

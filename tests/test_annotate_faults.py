@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,7 @@ from sp2dpo.annotate.report import stable_report
 from sp2dpo.core import schemas
 from sp2dpo.llm.callstore import CallStore
 from sp2dpo.llm.client import AuthError
-from tests.conftest import annotate_file
+from tests.conftest import annotate_file, stop_process
 from tests.fault_server import FaultServer, pairs_frame, params, teacher
 
 #: mode -> (final status, attempts with max_retries=3, category when ok)
@@ -265,10 +266,22 @@ def _stored_lines(store: Path) -> int:
     return sum(s.read_bytes().count(b"\n") for s in store.glob("*.jsonl")) if store.is_dir() else 0
 
 
-def _start_annotate(tmp_path: Path, pairs: Path, cfg: Path, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "sp2dpo.cli", "annotate", "--pairs", str(pairs), "--out", str(out),
-           "--params", str(cfg), "--report", str(tmp_path / "r.json")]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def start_annotate(tmp_path: Path) -> Iterator[Callable[[Path, Path, Path], subprocess.Popen]]:
+    """Start `sp2dpo annotate` as a subprocess; one still running at teardown is stopped."""
+    started: list[subprocess.Popen] = []
+
+    def start(pairs: Path, cfg: Path, out: Path) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "sp2dpo.cli", "annotate", "--pairs", str(pairs),
+               "--out", str(out), "--params", str(cfg), "--report", str(tmp_path / "r.json")]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop_process(proc)
+        proc.stderr.close()
 
 
 def _wait_for_lines(store: Path, n: int, timeout: float = 60) -> None:
@@ -278,15 +291,15 @@ def _wait_for_lines(store: Path, n: int, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
-def test_sigkill_mid_run_resumes_without_redoing_or_duplicating(tmp_path):
+def test_sigkill_mid_run_resumes_without_redoing_or_duplicating(tmp_path, start_annotate):
     n_pairs = 40
     with FaultServer(latency_s=0.1) as server:  # 120 calls / 4 in flight: ~3 s to kill it in
         pairs, cfg = _setup(tmp_path, server, ["ok"] * n_pairs, teacher={"max_concurrency": 4})
         out, store = tmp_path / "calls.parquet", tmp_path / "calls"
-        proc = _start_annotate(tmp_path, pairs, cfg, out)
+        proc = start_annotate(pairs, cfg, out)
         _wait_for_lines(store, 30)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=30)
         assert not out.exists(), "killed before the end: no call table yet"
         # Simulate being killed in the middle of writing a record as well.
         [segment] = store.iterdir()
@@ -316,7 +329,7 @@ def test_sigkill_mid_run_resumes_without_redoing_or_duplicating(tmp_path):
 
 @pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]],
                          ids=["sigterm", "double-sigint"])
-def test_stopping_signals_store_every_call_in_flight(tmp_path, signals):
+def test_stopping_signals_store_every_call_in_flight(tmp_path, signals, start_annotate):
     """SIGTERM, or Ctrl-C twice, mid-run against a slow server: the calls in flight finish and
     are stored, the command ends with one line and no traceback, and the re-run requests no call
     a second time (nothing is paid twice)."""
@@ -324,7 +337,7 @@ def test_stopping_signals_store_every_call_in_flight(tmp_path, signals):
     with FaultServer(latency_s=0.5) as server:
         pairs, cfg = _setup(tmp_path, server, ["ok"] * n_pairs, teacher={"max_concurrency": 4})
         out, store = tmp_path / "calls.parquet", tmp_path / "calls"
-        proc = _start_annotate(tmp_path, pairs, cfg, out)
+        proc = start_annotate(pairs, cfg, out)
         _wait_for_lines(store, 8)
         for signum in signals:
             os.kill(proc.pid, signum)

@@ -1,59 +1,15 @@
 """Integration: the OpenAI-compatible backend against a real `transformers serve` on loopback,
-serving the packaged SmolLM2-135M-Instruct (converted safetensors folder)."""
+serving the packaged SmolLM2-135M-Instruct (converted safetensors folder): the session-scoped
+``serve`` fixture of ``tests/conftest.py``."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pandas as pd
 import pytest
-import requests
 import yaml
 
-from sp2dpo.llm import models
-from tests.conftest import annotate_file, stop_process
+from tests.conftest import annotate_file
 from tests.fault_server import params
-
-TRANSFORMERS = Path(sys.executable).parent / "transformers"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """A `transformers serve` process pinned to the SmolLM2 folder; always shut down."""
-    folder = models.ensure_converted("smollm2-135m-instruct")
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(
-        [str(TRANSFORMERS), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start:\n{(tmp_path / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", str(folder)
-    finally:
-        stop_process(proc)
-        log.close()
 
 
 @pytest.mark.slow

@@ -90,7 +90,9 @@ def test_written_files_follow_the_umask_not_the_temp_files_0600(tmp_path):
         f"artifacts.write_text('x', {str(tmp_path / 'a.txt')!r}); "
         f"print(oct(stat.S_IMODE(os.stat({str(tmp_path / 'a.txt')!r}).st_mode)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     assert out.strip() == "0o640"
     artifacts.write_json({"a": 1}, tmp_path / "b.json")
     mask = os.umask(0)

@@ -6,6 +6,7 @@ import gzip
 import json
 import random
 import socket
+import string
 import sys
 from pathlib import Path
 
@@ -408,17 +409,95 @@ def test_full_set_is_deterministic(prompts: dict[int, IFEvalPrompt]) -> None:
     assert first.inst_level_loose_acc == pytest.approx(342 / 834)
 
 
+#: Official prompts whose ``keywords:letter_frequency`` "letter" is not a letter: (key, index).
+NON_LETTER_PROMPTS = {"#": (1122, 1), "!": (1129, 0)}
+
+
+def official_letter_verdict(kwargs: dict, response: str) -> bool:
+    """Google's current rule, written out: the given character, stripped and lower-cased, counted
+    in the lower-cased response; "less than" is count < frequency, "at least" count >= it."""
+    count = response.lower().count(kwargs["letter"].strip().lower())
+    if kwargs["let_relation"] == "less than":
+        return count < kwargs["let_frequency"]
+    return count >= kwargs["let_frequency"]
+
+
+@pytest.mark.parametrize("char", sorted(NON_LETTER_PROMPTS))
+def test_letter_frequency_counts_the_given_character(
+    prompts: dict[int, IFEvalPrompt], char: str
+) -> None:
+    key, index = NON_LETTER_PROMPTS[char]
+    p = prompts[key]
+    kwargs = p.kwargs[index]
+    assert p.instruction_id_list[index] == "keywords:letter_frequency"
+    assert kwargs["letter"] == char and kwargs["let_relation"] == "at least"
+    n = kwargs["let_frequency"]
+    assert n == {"#": 4, "!": 6}[char]
+    for count in (0, 1, n - 1, n, n + 1, 2 * n):
+        response = "tonight we dance " + " ".join([f"{char}go"] * count) + " till dawn"
+        expected = official_letter_verdict(kwargs, response)
+        assert expected == (count >= n)
+        strict, loose = judge(p, response)
+        assert (strict[index], loose[index]) == (expected, expected), count
+
+
+@pytest.mark.parametrize("char", sorted(NON_LETTER_PROMPTS))
+def test_letter_frequency_random_substitute_letter_does_not_pass(
+    prompts: dict[int, IFEvalPrompt], char: str
+) -> None:
+    """Plenty of every ASCII letter, whichever a substitute would be, and one character short."""
+    key, index = NON_LETTER_PROMPTS[char]
+    p = prompts[key]
+    n = p.kwargs[index]["let_frequency"]
+    letters = " ".join(string.ascii_letters * n)
+    short = letters + " " + char * (n - 1)
+    assert judge(p, short)[0][index] is False and judge(p, short)[1][index] is False
+    assert judge(p, short + char)[0][index] is True
+    # the random letter if-verifiable would draw under our seeding passes on `short`
+    ifeval_checkers.seed_for(key, index, "keywords:letter_frequency")
+    substitute = random.choice(string.ascii_letters).lower()
+    assert official_letter_verdict({**p.kwargs[index], "letter": substitute}, short)
+
+
+def test_letter_frequency_checker_arguments() -> None:
+    """Relations, case and the random fallback as in Google's current checker."""
+    build = ifeval_checkers.build_checker
+    iid = ifeval_checkers.LETTER_FREQUENCY
+    checker = build(iid, {"letter": "#", "let_frequency": 2, "let_relation": "less than"}, "")
+    assert checker.get_instruction_args() == {
+        "letter": "#",
+        "let_frequency": 2,
+        "let_relation": "less than",
+    }
+    assert checker.build_description(letter="!", let_frequency=3, let_relation="at least") == (
+        "In your response, the letter ! should appear at least 3 times."
+    )
+    less = build(iid, {"letter": "#", "let_frequency": 2, "let_relation": "less than"}, "")
+    assert [less.check_following("x" + "#" * k) for k in range(4)] == [True, True, False, False]
+    upper = build(iid, {"letter": "Q", "let_frequency": 3, "let_relation": "at least"}, "")
+    assert upper.get_instruction_args()["letter"] == "q"
+    assert upper.check_following("Qq q") and not upper.check_following("Qq")
+    # a whitespace "letter" is stripped to "", which never occurs (Google's code does the same)
+    space = build(iid, {"letter": " ", "let_frequency": 1, "let_relation": "at least"}, "")
+    assert space.get_instruction_args()["letter"] == "" and not space.check_following("a b c")
+    # a multi-character or empty "letter" still becomes a random ASCII letter (seeded draw)
+    for bad in ("ab", ""):
+        random.seed(0)
+        drawn = build(iid, {"letter": bad, "let_frequency": 1, "let_relation": "at least"}, "")
+        assert drawn.get_instruction_args()["letter"] in set(string.ascii_lowercase)
+    with pytest.raises(ValueError, match="relation"):
+        build(iid, {"letter": "#", "let_frequency": 1, "let_relation": "at most"}, "")
+
+
 def test_letter_frequency_with_non_letter_is_deterministic(
     prompts: dict[int, IFEvalPrompt],
 ) -> None:
-    # official prompt 1122 asks for 4 '#'; the checker replaces '#' by a random letter
     p = prompts[1122]
-    assert p.kwargs[1]["letter"] == "#"
     outcomes = set()
     for seed in range(5):
         random.seed(seed)
         outcomes.add(judge(p, "#fun #party #night #vibes tonight we dance till dawn"))
-    assert len(outcomes) == 1
+    assert outcomes == {((True, True), (True, True))}
 
 
 # --------------------------------------------------------------------------------------------

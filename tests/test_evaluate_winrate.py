@@ -485,13 +485,13 @@ def test_sp2dpo_winrate_console_script(evalsets):
     exe = Path(sys.executable).parent / "sp2dpo"
     proc = subprocess.run(
         [str(exe), "winrate", "--annotations", str(annotations_path(evalsets, "gpt4_gamed")),
-         "--json"], capture_output=True, text=True, check=False,
+         "--json"], capture_output=True, text=True, check=False, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     assert got["n_wins"] == 32 and got["lc_is_offline_estimate"] is True
     bad = subprocess.run([str(exe), "winrate", "--annotations", "missing.json"],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("sp2dpo: error: missing.json")
 
 

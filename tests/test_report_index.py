@@ -31,7 +31,8 @@ def copy_committed_reports(dest: Path) -> Path:
     """Copy the git-tracked files under ``reports/`` into ``dest/reports``; returns ``dest``."""
     listed = (
         subprocess.run(
-            ["git", "ls-files", "-z", "reports"], cwd=ROOT, capture_output=True, check=True
+            ["git", "ls-files", "-z", "reports"], cwd=ROOT, capture_output=True, check=True,
+            timeout=120,
         )
         .stdout.decode()
         .split("\0")

@@ -24,7 +24,7 @@ from dvc_render.base import Renderer
 
 from sp2dpo import cli
 from sp2dpo.report import plots_html
-from tests.conftest import ROOT, copy_project, run
+from tests.conftest import ROOT, copy_project, find_chromium, run
 
 DVC = str(Path(sys.executable).parent / "dvc")
 PYTHON = sys.executable
@@ -203,24 +203,6 @@ PROBE_TAIL = """
 """
 
 
-def find_chromium() -> str | None:
-    """Chromium or Chrome: ``$CHROME_BIN``, else the usual command names on PATH."""
-    if os.environ.get("CHROME_BIN"):
-        return os.environ["CHROME_BIN"]
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if found := shutil.which(name):
-            return found
-    return None
-
-
-def loud_skip(what: str, install: str) -> None:
-    """Skip with a message that stands out in the ``-ra`` summary."""
-    pytest.skip(
-        f"!!! {what} NOT FOUND: the offline `dvc plots show` render test DID NOT RUN. "
-        f"Install it ({install}) so CI proves the plots render offline. !!!"
-    )
-
-
 def node_modules_for(repo: Path) -> Path:
     """The repository's ``node_modules`` when it holds the pinned builds, else ``npm ci`` in ``repo``."""
     pinned = plots_html.pinned_versions(repo / "package.json")
@@ -230,10 +212,7 @@ def node_modules_for(repo: Path) -> Path:
     except plots_html.MissingBuildError:
         pass
     npm = shutil.which("npm")
-    if npm is None:
-        loud_skip(
-            "npm (and no usable node_modules in the repository)", "Node.js 20 + npm; then `npm ci`"
-        )
+    assert npm, "requires_npm: the capability check found npm"
     run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=repo, timeout=300)
     return repo / "node_modules"
 
@@ -303,10 +282,11 @@ def render_in_chromium(chromium: str, page: Path) -> tuple[str, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.requires_chromium
+@pytest.mark.requires_npm
 def test_dvc_plots_show_renders_offline_in_headless_chromium(tmp_path):
     chromium = find_chromium()
-    if chromium is None:
-        loud_skip("chromium", "apt-get install -y chromium, or set CHROME_BIN")
+    assert chromium, "requires_chromium: the capability check found Chromium"
     repo = copy_project(tmp_path / "repo")
     node_modules = node_modules_for(repo)
     run(
@@ -374,3 +354,23 @@ def test_dvc_plots_show_renders_offline_in_headless_chromium(tmp_path):
     run([DVC, "config", "--local", "plots.html_template", f"../{TEMPLATE}"], cwd=repo)
     run([DVC, "plots", "show", "-o", "build/plots/plain"], cwd=repo)
     assert (repo / "build/plots/plain/index.html").read_text(encoding="utf-8") == text
+
+
+def test_missing_chromium_skips_loudly_and_fails_when_capabilities_are_required(tmp_path):
+    """The render test without Chromium: a loud skip and a summary line; with
+    SP2DPO_REQUIRE_CAPABILITIES=1 (CI) a failure instead."""
+    render = "test_dvc_plots_show_renders_offline_in_headless_chromium"
+    cmd = [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
+           f"{ROOT}/tests/test_report_plots_html.py::{render}"]
+    env = {k: v for k, v in os.environ.items() if k != "SP2DPO_REQUIRE_CAPABILITIES"}
+    env["CHROME_BIN"] = str(tmp_path / "no-chromium")
+    skipped = run(cmd, cwd=ROOT, env=env, check=False, timeout=300)
+    assert skipped.returncode == 0, skipped.stdout
+    assert "SKIPPED: Chromium not installed: run `make browser`" in skipped.stdout
+    assert "1 skipped" in skipped.stdout
+    assert "MISSING CAPABILITIES: chromium (1 test); those tests SKIPPED" in skipped.stdout
+    failed = run(cmd, cwd=ROOT, env={**env, "SP2DPO_REQUIRE_CAPABILITIES": "1"}, check=False,
+                 timeout=300)
+    assert failed.returncode == 1, failed.stdout
+    assert "Chromium not installed" in failed.stdout and "1 error" in failed.stdout
+    assert "MISSING CAPABILITIES: chromium (1 test); those tests FAILED" in failed.stdout

@@ -140,6 +140,7 @@ def _post(base: str, endpoint: str, body: dict) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 56 s alone on 2 cores, 174 s while other jobs ran
 def test_dvc_repro_trains_every_method_and_mlflow_server_shows_runs(tmp_path, h4_sample):
     proj = copy_project(tmp_path / "proj")
     run([str(BIN / "dvc"), "pull", "-q", "data.dvc"], cwd=proj)
@@ -171,6 +172,7 @@ def test_dvc_repro_trains_every_method_and_mlflow_server_shows_runs(tmp_path, h4
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{proj / 'mlflow.db'}", "--workers", "1"],
         cwd=proj, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # stop_process also ends its uvicorn workers
     )
     base = f"http://127.0.0.1:{port}"
     try:

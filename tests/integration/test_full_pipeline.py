@@ -73,7 +73,7 @@ def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     run([*git, "commit", "-qam", "small"], cwd=repo)
 
-    first = run([DVC, "repro"], cwd=repo).stdout
+    first = run([DVC, "repro"], cwd=repo, timeout=1800).stdout
     assert _stages_run(first) == {
         "fetch", "filter", "annotate", "aggregate", "train@smollm2-dpo", "train@smollm2-sp2dpo",
         "train@smollm2-rand_beta", "eval@smollm2", "report",
@@ -177,7 +177,8 @@ def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_
     beta_before = (repo / "data/beta/beta.csv").read_bytes()
 
     # An aggregation parameter: aggregate and everything after it re-run; annotate does not.
-    exp = run([DVC, "exp", "run", "-S", "aggregate.prompt_operator=weighted_mean"], cwd=repo).stdout
+    exp = run([DVC, "exp", "run", "-S", "aggregate.prompt_operator=weighted_mean"], cwd=repo,
+              timeout=1800).stdout
     ran = _stages_run(exp)
     assert "annotate" not in ran and "fetch" not in ran and "filter" not in ran
     assert "aggregate" in ran

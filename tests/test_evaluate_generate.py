@@ -59,6 +59,56 @@ def test_prompt_uses_chat_template_and_keeps_the_instruction_start(student):
         gen.render_prompt(tokenizer, long, 8)
 
 
+def test_conversation_prompt_cuts_only_the_last_user_message():
+    """Multi-turn prompts (MT-Bench turn 2): the budget cuts the last user message from its end;
+    the framing, the earlier turns and the generation prompt are kept."""
+    tokenizer = gen.load_tokenizer("local:smollm2-135m-instruct")
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    one = gen.user_turn("What is 2 + 2?")
+    single = gen.render_prompt(tokenizer, "What is 2 + 2?", 256)
+    assert gen.render_conversation(tokenizer, one, 256) == single
+    long = " ".join(f"word{i}" for i in range(400))
+    talk = [
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello there!"},
+        {"role": "user", "content": long},
+    ]
+    fitted, ids = gen.fit_conversation(tokenizer, talk, 96)
+    text = tokenizer.decode(ids)
+    assert len(ids) <= 96 and fitted[:2] == talk[:2]
+    kept = fitted[2]["content"]
+    assert kept == long[: len(kept)] and "word0 word1" in kept
+    assert "word399" not in text and "<|im_start|>assistant\nHello there!<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    short = [*talk[:2], {"role": "user", "content": "Hi"}]
+    assert gen.fit_conversation(tokenizer, short, 96)[0] == short  # nothing cut when it fits
+    with pytest.raises(ValueError, match="smaller than the chat framing and the earlier turns"):
+        gen.fit_conversation(tokenizer, [{"role": "user", "content": long}, *talk[1:]], 96)
+    with pytest.raises(ValueError, match="must end with a user message"):
+        gen.fit_conversation(tokenizer, talk[:2], 96)
+
+
+@pytest.mark.slow
+def test_conversations_are_answered_with_counts_and_equal_single_turn_generate(student):
+    model, tokenizer = student
+    talks = [gen.user_turn(INSTRUCTIONS[0]), gen.user_turn(INSTRUCTIONS[1]), [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+        {"role": "user", "content": "And of Spain?"},
+    ]]
+    settings = dataclasses.replace(SETTINGS, batch_size=2)
+    batches = list(gen.generate_conversations(model, tokenizer, talks, settings, max_new_tokens=5))
+    assert [len(b) for b in batches] == [2, 1]  # yielded one batch at a time, in order
+    answers = [a for batch in batches for a in batch]
+    assert all(1 <= a.completion_tokens <= 5 for a in answers)
+    assert all(a.finish_reason in ("stop", "length") for a in answers)
+    assert answers[0].prompt_tokens == len(gen.render_prompt(tokenizer, INSTRUCTIONS[0], 256))
+    assert answers[2].prompt_tokens == len(gen.render_conversation(tokenizer, talks[2], 256))
+    # Single-turn conversations give what generate gives for the instructions (same batch).
+    plain = gen.generate(model, tokenizer, INSTRUCTIONS[:2], settings, max_new_tokens=5)
+    assert [answers[0].text, answers[1].text] == plain
+
+
 @pytest.mark.slow
 def test_greedy_generation_is_deterministic_and_batch_invariant(student):
     model, tokenizer = student

@@ -19,10 +19,10 @@ import pytest
 
 from sp2dpo.core.config import DecodingConfig, EvalConfig, TeacherConfig, build
 from sp2dpo.evaluate import judge as J
+from sp2dpo.evaluate.calls import EvalCalls
 from sp2dpo.llm.client import AuthError
 from tests.conftest import compose_params
 from tests.fault_server import FaultServer
-from tests.test_annotate_serve import serve as serve  # the real `transformers serve` fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_OUT = "model says {i}"
@@ -341,6 +341,9 @@ def test_local_judge_trims_the_outputs_not_the_instruction(local_judge, monkeypa
     assert "[...]" in text and text.rstrip().endswith("Assistant:")
     assert "Reply with the single letter A or B and nothing else." in text
     monkeypatch.setattr(backend.scorer, "max_input_tokens", 60)
+    # The budget is patched on the loaded scorer, not in the judge entry that keys the call
+    # store: start from an empty store, or the first verdict would be reused.
+    local_judge.calls = EvalCalls(None)
     failed = local_judge.annotate_one(ref, mod)
     assert (failed["status"], failed["preference"]) == ("prompt_too_long", None)
 

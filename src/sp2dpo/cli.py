@@ -21,7 +21,7 @@ from typing import Any
 from sp2dpo import aggregate, annotate, audit, data, evaluate, report
 from sp2dpo.core import artifacts, config
 from sp2dpo.core.entry import guarded, print_json, setup_logging
-from sp2dpo.evaluate import ifeval, winrate
+from sp2dpo.evaluate import arenahard, ifeval, mtbench, winrate
 from sp2dpo.report import plots_html
 
 Subparsers = argparse._SubParsersAction
@@ -207,10 +207,20 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         adapters=Path(args.adapters) if args.adapters else default.adapters,
         outputs=out,
         report=Path(args.report or _side(out, default.outputs, default.report, out / f"{args.student}.json")),
+        calls=Path(args.calls) if args.calls else _side(out, default.outputs, default.calls, out / "calls"),
     )
+    if args.estimate:
+        from sp2dpo.evaluate import estimate
+
+        methods = evaluate.evaluated_methods(params.eval, params.train, params.matrix.methods)
+        print_json(estimate.estimate(
+            params.eval, params.train, args.student, methods, paths.adapters, paths.calls,
+            judge_prompts=paths.judge_prompts, arena_hard_prompts=paths.arena_hard_prompts,
+        ))
+        return
     result = evaluate.run(params.eval, params.train, params.teachers, args.student, params.matrix.methods,
                           paths, track=not args.no_track, logged_params=params.flat())
-    print_json({m: e.get("alpaca_eval") | {"ifeval": e.get("ifeval")} for m, e in result["methods"].items()})
+    print_json({m: {s: e.get(s) for s in evaluate.SUITES} for m, e in result["methods"].items()})
 
 
 def _add_eval(sub: Subparsers) -> None:
@@ -225,8 +235,47 @@ def _add_eval(sub: Subparsers) -> None:
     p.add_argument("--out", default=None, help="answers and annotations folder (default: data/eval/STUDENT)")
     p.add_argument("--report", default=None,
                    help="metrics JSON (default: reports/eval/STUDENT.json, or inside --out)")
+    p.add_argument("--calls", default=None,
+                   help="eval call store: answers and judge calls, reused on re-runs "
+                   "(default: data/eval_calls/STUDENT, or `calls/` inside --out)")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the answers to generate and the judge calls, tokens and maximum "
+                   "cost still to pay per suite; load no model, call nothing")
     p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_judge(args: argparse.Namespace) -> None:
+    from sp2dpo.evaluate import judge_run
+
+    params = _params(args.params, ["eval"])
+    out = Path(args.out)
+    print_json(judge_run.run_judge_file(
+        params.eval, Path(args.outputs), out,
+        Path(args.calls) if args.calls else out.parent / "calls",
+        reference_path=Path(args.reference) if args.reference else None,
+        limit=args.limit, estimate=args.estimate,
+    ))
+
+
+def _add_judge(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "judge",
+        help="judge an AlpacaEval outputs file against the reference (resumable; --estimate)",
+        description="The AlpacaEval 2.0 judge of params `eval.judge` over a model-outputs file. "
+        "Every judge call goes through the call store: a re-run after a crash or Ctrl-C makes "
+        "only the missing calls.",
+    )
+    _add_params(p, "`eval`")
+    p.add_argument("--outputs", required=True, help="model outputs (AlpacaEval format, .json/.json.gz)")
+    p.add_argument("--out", required=True, help="annotations file to write (AlpacaEval format)")
+    p.add_argument("--calls", default=None, help="call store folder (default: `calls/` beside --out)")
+    p.add_argument("--reference", default=None,
+                   help="reference outputs (default: eval.alpaca_eval.reference_outputs)")
+    p.add_argument("--limit", type=int, default=None, help="judge only the first N outputs")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the calls, tokens and maximum cost of what is missing; call nothing")
+    p.set_defaults(func=_cmd_judge)
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -394,6 +443,72 @@ def _add_ifeval(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_ifeval)
 
 
+def _cmd_arenahard(args: argparse.Namespace) -> None:
+    if args.judgments:
+        weight = arenahard.DEFAULT_WEIGHT if args.weight is None else args.weight
+        battles = arenahard.judgments_to_battles(
+            arenahard.read_judgments(args.judgments), baseline=args.baseline, weight=weight
+        )
+    else:
+        if args.weight is not None:
+            raise ValueError("--weight applies to --judgments only (a battle table is weighted)")
+        battles = arenahard.read_battles(args.battles)
+    scores = arenahard.score_battles(
+        battles, baseline=args.baseline, rounds=args.rounds, seed=args.seed
+    )
+    if args.json:
+        print_json(scores)
+    else:
+        print(arenahard.format_text(scores, baseline=args.baseline), end="")
+
+
+def _add_arenahard(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "arenahard",
+        help="Arena-Hard-Auto v0.1 scores (win rate vs the baseline) with bootstrap 95% CIs",
+        description="Arena-Hard-Auto v0.1 scoring as the official show_result.py: judge labels "
+        "-> battles (game 2 mirrored, strong verdicts weighted) -> Bradley-Terry -> win rate "
+        "against the baseline (percent), with a seeded bootstrap over the rows of the table.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--judgments", nargs="+", metavar="FILE",
+                     help="official judgment JSONL(.gz) files (question_id, model, judge, games)")
+    src.add_argument("--battles", metavar="FILE",
+                     help="battle table JSONL(.gz) (question_id, model_a, model_b, winner)")
+    p.add_argument("--baseline", default=arenahard.DEFAULT_BASELINE,
+                   help=f"the anchor model (default: {arenahard.DEFAULT_BASELINE})")
+    p.add_argument("--weight", type=int, default=None,
+                   help=f"battle rows per strong verdict, --judgments only "
+                   f"(default: {arenahard.DEFAULT_WEIGHT})")
+    p.add_argument("--rounds", type=int, default=arenahard.DEFAULT_ROUNDS,
+                   help=f"bootstrap rounds; 0: no interval (default: {arenahard.DEFAULT_ROUNDS})")
+    p.add_argument("--seed", type=int, default=arenahard.DEFAULT_SEED,
+                   help=f"seed of the bootstrap resamples (default: {arenahard.DEFAULT_SEED})")
+    p.add_argument("--json", action="store_true", help="print one JSON object: model -> scores")
+    p.set_defaults(func=_cmd_arenahard)
+
+
+def _cmd_mtbench(args: argparse.Namespace) -> None:
+    result = mtbench.scores(mtbench.read_judgments(args.judgments))
+    if args.json:
+        print_json(result)
+    else:
+        print(mtbench.format_text(result), end="")
+
+
+def _add_mtbench(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "mtbench",
+        help="MT-Bench scores (turn 1, turn 2, overall) of a single-answer judgment file",
+        description="MT-Bench scores as FastChat show_result.py --mode single: rows rated -1 "
+        "are dropped, turn means, and the overall score as the mean of all remaining rows.",
+    )
+    p.add_argument("--judgments", required=True, metavar="FILE",
+                   help="single-answer judgment JSONL(.gz) (question_id, model, judge, score, turn)")
+    p.add_argument("--json", action="store_true", help="print one JSON object: model -> scores")
+    p.set_defaults(func=_cmd_mtbench)
+
+
 # ------------------------------------------------------------------------------ params, plots
 
 
@@ -446,11 +561,14 @@ PARSERS: list[Callable[[Subparsers], None]] = [
     _add_aggregate,
     _add_train,
     _add_eval,
+    _add_judge,
     _add_report,
     _add_audit,
     _add_verify,
     _add_winrate,
     _add_ifeval,
+    _add_arenahard,
+    _add_mtbench,
     _add_params_cmd,
     _add_plots_template,
 ]

@@ -69,6 +69,8 @@ def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_
     params["eval"]["alpaca_eval"]["limit"] = 3
     params["eval"]["ifeval"].update({"limit": 3, "max_new_tokens": 24})
     params["eval"]["generation"]["max_new_tokens"] = 24
+    params["eval"]["mt_bench"].update({"limit": 2, "max_new_tokens": 24})
+    params["eval"]["arena_hard"].update({"limit": 2, "max_new_tokens": 24, "bootstrap_rounds": 20})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     run([*git, "commit", "-qam", "small"], cwd=repo)
@@ -107,6 +109,26 @@ def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_
         assert 0.0 <= ae["win_rate"] <= 100.0 and ae["n_total"] == 3
         assert ae["lc_is_offline_estimate"] is True
         assert 0.0 <= report["methods"][method]["ifeval"]["prompt_level_strict_acc"] <= 1.0
+    # All four suites ran, reported in the paper's order, and each re-scores from its files.
+    assert report["suites"] == ["alpaca_eval", "mt_bench", "ifeval", "arena_hard"]
+    for method in METHODS:
+        entry = report["methods"][method]
+        assert list(entry)[:1] == ["alpaca_eval"] and list(entry).index("mt_bench") < list(entry).index("ifeval") < list(entry).index("arena_hard")
+        mt = entry["mt_bench"]
+        assert mt["n"] == 4 and 1.0 <= mt["score"] <= 10.0 and mt["n_failed"] == 0
+        ah = entry["arena_hard"]
+        assert sum(ah["verdicts"].values()) == 4 and 0.0 <= ah["score"] <= 100.0
+        assert ah["ci"][0] <= ah["score"] <= ah["ci"][1]
+    mt_cli = json.loads(run([str(BIN / "sp2dpo"), "mtbench", "--json", "--judgments",
+                             "data/eval/smollm2/sp2dpo/mt_bench_judgments.jsonl"], cwd=repo).stdout)
+    assert mt_cli["smollm2-sp2dpo"]["score"] == pytest.approx(report["methods"]["sp2dpo"]["mt_bench"]["score"])
+    ah_cli = json.loads(run([str(BIN / "sp2dpo"), "arenahard", "--json", "--rounds", "20", "--judgments",
+                             *[f"data/eval/smollm2/{m}/arena_hard_judgments.jsonl" for m in METHODS]],
+                            cwd=repo).stdout)
+    assert ah_cli["smollm2-dpo"]["score"] == pytest.approx(report["methods"]["dpo"]["arena_hard"]["score"])
+    # Every answer and judge call is in the eval call store once; the estimate finds nothing left.
+    estimate = json.loads(run([str(BIN / "sp2dpo"), "eval", "smollm2", "--estimate"], cwd=repo).stdout)
+    assert estimate["answers_to_generate"] == 0 and estimate["total"]["calls"] == 0
     # The pinned command recomputes the stage's numbers from the saved annotations.
     again = json.loads(run([str(BIN / "sp2dpo"), "winrate", "--json", "--annotations",
                             "data/eval/smollm2/sp2dpo/annotations.json"], cwd=repo).stdout)
@@ -114,6 +136,8 @@ def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_
 
     table = (repo / "reports/eval.md").read_text()
     assert "| Method | smollm2 LC | smollm2 WR |" in table
+    order = [table.index(h) for h in ("AlpacaEval 2.0", "MT-Bench", "IFEval", "Arena-Hard-Auto")]
+    assert order == sorted(order)
     assert "| Base (instruction-tuned) |" in table and "| SP²DPO (JMAMP) |" in table
     assert "offline estimate" in table
     combined = json.loads((repo / "reports/eval.json").read_text())
@@ -133,6 +157,7 @@ def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_
         assert len(runs) == 1
         assert "eval/alpaca_eval/win_rate" in runs[0].data.metrics
         assert "eval/ifeval/prompt_level_strict_acc" in runs[0].data.metrics
+        assert {"eval/mt_bench/score", "eval/arena_hard/score", "eval/arena_hard/ci_low"} <= set(runs[0].data.metrics)
         assert runs[0].data.params["method.loss"] == "sigmoid"
     # beta_i reached the weights: the per-pair and the global-beta adapters differ
     from safetensors.torch import load_file

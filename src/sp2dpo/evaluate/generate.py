@@ -8,13 +8,17 @@ base model's; ``train.students[].chat_template`` (a Jinja string or a ``.jinja``
 the template. Device: CUDA in bfloat16 when available, else CPU in float32 (the default
 everywhere tests run).
 
-:func:`generate` answers each instruction as a single user turn rendered with the chat template
-and its generation prompt. Prompts are left-padded and batched by ``batch_size``; decoding is
-greedy when ``temperature == 0``, else sampling seeded with ``seed`` (re-seeded per batch, with
-``seed + batch index``, so a run reproduces itself). An instruction longer than the prompt budget
-keeps its first tokens: the instruction itself is cut, never the chat framing or the generation
-prompt, so the rendered prompt has at most ``max_input_tokens`` tokens. The answer is the decoded
-continuation without special tokens, stripped of surrounding white space.
+:func:`generate_conversations` answers conversations (lists of ``{"role", "content"}`` messages
+ending with a user turn; MT-Bench's second turn is ``[user 1, assistant 1, user 2]``) rendered with
+the chat template and its generation prompt, one batch at a time, with the token counts and why
+each answer stopped; :func:`generate` answers single instructions (one user turn each) and returns
+the texts. Prompts are left-padded and batched by ``batch_size``; decoding is greedy when
+``temperature == 0``, else sampling seeded with ``seed`` (re-seeded per batch, with
+``seed + batch index``, so a run reproduces itself). A conversation longer than the prompt budget
+has its last user message cut to its first tokens (:func:`fit_conversation`), never the chat
+framing, the earlier turns or the generation prompt, so the rendered prompt has at most
+``max_input_tokens`` tokens. The answer is the decoded continuation without special tokens,
+stripped of surrounding white space.
 
 Batch composition: with left padding, the padded rows see masked keys and shifted positions
 (position ids follow the attention mask), so greedy answers equal unbatched ones up to float
@@ -29,9 +33,10 @@ for the base model).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,27 +91,68 @@ def load_student(
         FileNotFoundError: ``adapter`` is not a PEFT adapter folder.
         ValueError: no chat template (neither the tokenizer's nor an override).
     """
-    from transformers import AutoTokenizer
-
-    if isinstance(student, StudentConfig):
-        spec = student.model
-        revision = student.revision if revision is None else revision
-        chat_template = student.chat_template if chat_template is None else chat_template
-    else:
-        spec = student
+    spec, revision, chat_template = _student_spec(student, revision, chat_template)
     device, dtype = _device_and_dtype(device)
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    _check_adapter(adapter)
     model, tokenizer = models.load_causal_lm(spec, revision=revision, dtype=dtype)
     if adapter is not None:
         from peft import PeftModel
 
-        adapter = Path(adapter)
         model = PeftModel.from_pretrained(model, str(adapter))
         if merge:
             model = model.merge_and_unload()
-        if (adapter / "tokenizer_config.json").exists():
-            tokenizer = AutoTokenizer.from_pretrained(str(adapter))
+    tokenizer = _finish_tokenizer(tokenizer, spec, adapter, chat_template)
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def load_tokenizer(
+    student: StudentConfig | str,
+    adapter: str | Path | None = None,
+    *,
+    revision: str | None = None,
+    chat_template: str | None = None,
+) -> Any:
+    """The tokenizer :func:`load_student` would give, without loading the weights.
+
+    The server backend needs it to apply the same prompt budget (:func:`fit_conversation`)
+    before sending a conversation; the arguments are :func:`load_student`'s.
+    """
+    from transformers import AutoTokenizer
+
+    spec, revision, chat_template = _student_spec(student, revision, chat_template)
+    _check_adapter(adapter)
+    location = models.resolve(spec)
+    rev = None if models.is_local_spec(spec) or Path(location).exists() else revision
+    tokenizer = AutoTokenizer.from_pretrained(location, revision=rev)
+    return _finish_tokenizer(tokenizer, spec, adapter, chat_template)
+
+
+def _student_spec(
+    student: StudentConfig | str, revision: str | None, chat_template: str | None
+) -> tuple[str, str | None, str | None]:
+    """Model spec, revision and chat template of a student entry or a bare spec."""
+    if isinstance(student, StudentConfig):
+        revision = student.revision if revision is None else revision
+        chat_template = student.chat_template if chat_template is None else chat_template
+        return student.model, revision, chat_template
+    return student, revision, chat_template
+
+
+def _check_adapter(adapter: str | Path | None) -> None:
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+
+
+def _finish_tokenizer(
+    tokenizer: Any, spec: str, adapter: str | Path | None, chat_template: str | None
+) -> Any:
+    """The adapter folder's tokenizer when it holds one, the template override, left padding."""
+    from transformers import AutoTokenizer
+
+    if adapter is not None and (Path(adapter) / "tokenizer_config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(adapter))
     if chat_template:
         tokenizer.chat_template = models.chat_template_text(chat_template)
     if not getattr(tokenizer, "chat_template", None):
@@ -116,65 +162,135 @@ def load_student(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model.to(device)
-    model.eval()
-    return model, tokenizer
+    return tokenizer
 
 
-def render_prompt(tokenizer: Any, instruction: str, max_input_tokens: int) -> list[int]:
-    """Token ids of one instruction as a single user turn with the generation prompt, the
-    instruction cut to its first tokens when the whole would exceed ``max_input_tokens``."""
+def user_turn(text: str) -> list[dict[str, str]]:
+    """A conversation of one user message (an AlpacaEval instruction, an IFEval prompt)."""
+    return [{"role": "user", "content": text}]
 
-    def ids(text: str) -> list[int]:
+
+def _last_user(messages: Sequence[Mapping[str, str]]) -> int:
+    """Index of the conversation's last message, which must be a user turn to be answered."""
+    if not messages or messages[-1].get("role") != "user":
+        raise ValueError("a conversation to answer must end with a user message")
+    return len(messages) - 1
+
+
+def fit_conversation(
+    tokenizer: Any, messages: Sequence[Mapping[str, str]], max_input_tokens: int
+) -> tuple[list[dict[str, str]], list[int]]:
+    """The conversation as answered and its prompt's token ids, within ``max_input_tokens``.
+
+    The prompt is the chat template with its generation prompt. When it is too long, the last
+    user message keeps its first tokens (cut at a token boundary of its own text): the chat
+    framing, the earlier turns and the generation prompt are never cut, so the caller sees the
+    exact messages the answer was generated from (the server backend sends those).
+
+    Raises:
+        ValueError: the conversation does not end with a user message, or the framing and the
+            earlier turns alone exceed ``max_input_tokens``.
+    """
+    last = _last_user(messages)
+    head = [{"role": m["role"], "content": m["content"]} for m in messages[:last]]
+    text = messages[last]["content"]
+
+    def with_last(content: str) -> list[dict[str, str]]:
+        return [*head, {"role": "user", "content": content}]
+
+    def ids(content: str) -> list[int]:
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            with_last(content), tokenize=False, add_generation_prompt=True
         )
         return tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
-    full = ids(instruction)
+    full = ids(text)
     if len(full) <= max_input_tokens:
-        return full
-    offsets = tokenizer(instruction, add_special_tokens=False, return_offsets_mapping=True)[
+        return with_last(text), full
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
         "offset_mapping"
     ]
     keep = max(0, len(offsets) - (len(full) - max_input_tokens))
     while True:  # re-tokenising at the cut may merge differently: shrink until it fits
-        cut = instruction[: offsets[keep - 1][1]] if keep else ""
+        cut = text[: offsets[keep - 1][1]] if keep else ""
         out = ids(cut)
         if len(out) <= max_input_tokens or keep == 0:
             break
         keep -= 1
     if len(out) > max_input_tokens:
+        earlier = " and the earlier turns" if head else ""
         raise ValueError(
-            f"max_input_tokens={max_input_tokens} is smaller than the chat framing ({len(out)} tokens)"
+            f"max_input_tokens={max_input_tokens} is smaller than the chat framing{earlier} "
+            f"({len(out)} tokens)"
         )
-    log.debug("instruction cut to %d tokens to fit %d", keep, max_input_tokens)
-    return out
+    log.debug("last user message cut to %d tokens to fit %d", keep, max_input_tokens)
+    return with_last(cut), out
 
 
-def generate(
+def render_conversation(
+    tokenizer: Any, messages: Sequence[Mapping[str, str]], max_input_tokens: int
+) -> list[int]:
+    """Token ids of a conversation's prompt within ``max_input_tokens``
+    (:func:`fit_conversation`)."""
+    return fit_conversation(tokenizer, messages, max_input_tokens)[1]
+
+
+def render_prompt(tokenizer: Any, instruction: str, max_input_tokens: int) -> list[int]:
+    """Token ids of one instruction as a single user turn with the generation prompt, the
+    instruction cut to its first tokens when the whole would exceed ``max_input_tokens``."""
+    return render_conversation(tokenizer, user_turn(instruction), max_input_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """One generated answer: the text, the prompt and answer token counts, and why it ended
+    (``stop``: an end-of-sequence token; ``length``: the token cap)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every token id that ends an answer (the generation config's and the tokenizer's)."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def generate_conversations(
     model: Any,
     tokenizer: Any,
-    instructions: Sequence[str],
+    conversations: Sequence[Sequence[Mapping[str, str]]],
     settings: GenerationConfig,
     max_new_tokens: int | None = None,
-) -> list[str]:
-    """Answer each instruction; answers in the order of ``instructions``.
+) -> Iterator[list[Generation]]:
+    """Answer each conversation, one batch of ``settings.batch_size`` at a time, in order.
+
+    A generator: each batch's answers are yielded as soon as they exist, so a caller can store
+    them before the next batch runs (a crash loses at most one batch).
 
     Args:
         model: a causal LM (from :func:`load_student`).
         tokenizer: its tokenizer, with a chat template.
-        instructions: the user messages.
+        conversations: message lists, each ending with the user turn to answer.
         settings: ``eval.generation`` (batch size, greedy or seeded sampling, prompt budget).
         max_new_tokens: overrides ``settings.max_new_tokens`` (IFEval has its own cap).
 
-    Returns:
-        The decoded continuations, special tokens removed, stripped.
+    Yields:
+        The answers of one batch (decoded continuations, special tokens removed, stripped).
     """
     import torch
 
     cap = settings.max_new_tokens if max_new_tokens is None else max_new_tokens
     pad_id = tokenizer.pad_token_id
+    eos = _eos_ids(model, tokenizer)
     device = next(model.parameters()).device
     do_sample = settings.temperature > 0
     kwargs: dict[str, Any] = {
@@ -187,11 +303,10 @@ def generate(
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    answers: list[str] = []
-    started = time.perf_counter()
-    for index, start in enumerate(range(0, len(instructions), settings.batch_size)):
-        batch = instructions[start : start + settings.batch_size]
-        rows = [render_prompt(tokenizer, text, settings.max_input_tokens) for text in batch]
+    for index, start in enumerate(range(0, len(conversations), settings.batch_size)):
+        batch = conversations[start : start + settings.batch_size]
+        rows = [render_conversation(tokenizer, messages, settings.max_input_tokens)
+                for messages in batch]
         width = max(len(row) for row in rows)
         input_ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows])
         attention = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
@@ -200,8 +315,46 @@ def generate(
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
             )
-        for sequence in out[:, width:]:
-            answers.append(tokenizer.decode(sequence, skip_special_tokens=True).strip())
+        answers = []
+        for row, sequence in zip(rows, out[:, width:].tolist(), strict=True):
+            ended = next((i for i, token in enumerate(sequence) if token in eos), None)
+            answers.append(Generation(
+                text=tokenizer.decode(sequence, skip_special_tokens=True).strip(),
+                prompt_tokens=len(row),
+                completion_tokens=len(sequence) if ended is None else ended + 1,
+                finish_reason="length" if ended is None else "stop",
+            ))
+        yield answers
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    instructions: Sequence[str],
+    settings: GenerationConfig,
+    max_new_tokens: int | None = None,
+) -> list[str]:
+    """Answer each instruction as a single user turn; answers in the order of ``instructions``.
+
+    Args:
+        model: a causal LM (from :func:`load_student`).
+        tokenizer: its tokenizer, with a chat template.
+        instructions: the user messages.
+        settings: ``eval.generation`` (batch size, greedy or seeded sampling, prompt budget).
+        max_new_tokens: overrides ``settings.max_new_tokens`` (IFEval has its own cap).
+
+    Returns:
+        The decoded continuations, special tokens removed, stripped.
+    """
+    started = time.perf_counter()
+    conversations = [user_turn(text) for text in instructions]
+    answers = [
+        answer.text
+        for batch in generate_conversations(
+            model, tokenizer, conversations, settings, max_new_tokens
+        )
+        for answer in batch
+    ]
     log.info(
         "generated %d answers in %.1fs (batch %d)",
         len(answers),

@@ -66,12 +66,15 @@ from typing import Any
 from sp2dpo.core.config import DecodingConfig, TeacherConfig
 from sp2dpo.core.errors import UserError
 from sp2dpo.evaluate.alpaca import ANNOTATION_KEYS
+from sp2dpo.evaluate.calls import JUDGE, EvalCalls, judge_key
 from sp2dpo.evaluate.judge_backends import (
     DEFAULT_PROMPTS_DIR,
     LABELS,
     HttpLabelJudge,
     JudgePrompt,
     LocalLabelScorer,
+    Verdict,
+    judge_signature,
 )
 from sp2dpo.llm import models
 
@@ -208,7 +211,12 @@ class PairwiseJudge:
         decoding: ``eval.judge_decoding`` (retries, timeouts, ``max_tokens: 1``).
         seed: seed of the per-item side order (``eval.alpaca_eval.seed``).
         prompts_dir: folder of ``system.txt`` and ``user.txt``.
+        calls: the eval call store: a judge call already stored is reused, a new one recorded
+            before it is used (None: an in-memory store, nothing kept).
     """
+
+    #: Name and version of the local backend's scoring rule (part of the cache key).
+    LOCAL_SCORER = "ae2-label-logprobs/1"
 
     def __init__(
         self,
@@ -217,12 +225,27 @@ class PairwiseJudge:
         *,
         seed: int = 42,
         prompts_dir: str | Path = DEFAULT_PROMPTS_DIR,
+        calls: EvalCalls | None = None,
     ) -> None:
         self.cfg = judge
         self.decoding = decoding
         self.seed = seed
         self.prompt = JudgePrompt.load(prompts_dir)
+        self.calls = calls if calls is not None else EvalCalls(None)
+        self.signature = judge_signature(judge, decoding, scorer=self.LOCAL_SCORER)
         self._backend: LocalLabelScorer | HttpLabelJudge | None = None
+
+    def call_key(self, instruction: str, first: str, second: str) -> str:
+        """The cache key of judging ``first`` (label A) against ``second`` (label B)."""
+        return judge_key(
+            suite="alpaca_eval",
+            judge_id=self.cfg.id,
+            model=self.cfg.model,
+            template_sha256=self.prompt.sha256,
+            instruction=instruction,
+            outputs=(first, second),
+            decode=self.signature,
+        )
 
     @property
     def backend(self) -> LocalLabelScorer | HttpLabelJudge:
@@ -274,13 +297,20 @@ class PairwiseJudge:
         first, second = (model_out, ref_out) if model_first else (ref_out, model_out)
         model_label, ref_label = LABELS if model_first else LABELS[::-1]
         started = time.monotonic()
-        backend = self.backend
-        if isinstance(backend, HttpLabelJudge):
-            verdict = backend.judge(self.prompt, instruction, first, second, stop or threading.Event())
-            if verdict is None:
-                return None
+        key = self.call_key(instruction, first, second)
+        stored = self.calls.get(key)
+        if stored is not None:
+            verdict = verdict_from_record(stored)
         else:
-            verdict = backend.judge(self.prompt, instruction, first, second)
+            backend = self.backend
+            if isinstance(backend, HttpLabelJudge):
+                fresh = backend.judge(self.prompt, instruction, first, second, stop or threading.Event())
+                if fresh is None:
+                    return None
+                verdict = fresh
+            else:
+                verdict = backend.judge(self.prompt, instruction, first, second)
+            verdict = verdict_from_record(self.calls.put(key, JUDGE, verdict_record(verdict)))
         record["time_per_example"] = time.monotonic() - started
         record["attempts"] = verdict.attempts
         record["is_truncated"] = verdict.is_truncated
@@ -319,9 +349,14 @@ class PairwiseJudge:
         pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
         *,
         seed: int | None = None,
+        stop: threading.Event | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Judge every ``(reference record, model record)`` pair (``seed``: side-order seed,
         default ``self.seed``).
+
+        ``stop`` (set by a signal, :class:`sp2dpo.core.stopping.GracefulStop`): no new judge
+        call starts once it is set; the calls in flight finish and are stored, and the pairs not
+        judged are left out of the result (check ``stop`` after the call).
 
         Records are AlpacaEval model outputs (``instruction, output, generator, dataset``); the
         two of a pair must share the instruction. The HTTP backend runs up to
@@ -339,10 +374,14 @@ class PairwiseJudge:
             _same_instruction(reference, model)
         started = time.monotonic()
         workers = self.cfg.max_concurrency if self.cfg.backend == "openai" else 1
+        stop = stop if stop is not None else threading.Event()
         if workers == 1 or len(pairs) <= 1:
-            results = [self.annotate_one(ref, mod, seed=seed) for ref, mod in pairs]
+            results = []
+            for ref, mod in pairs:
+                if stop.is_set():
+                    break
+                results.append(self.annotate_one(ref, mod, stop, seed=seed))
         else:
-            stop = threading.Event()
             with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
                 futures = [
                     pool.submit(self.annotate_one, ref, mod, stop, seed=seed) for ref, mod in pairs
@@ -358,6 +397,23 @@ class PairwiseJudge:
         summary = summarize(annotations)
         summary["elapsed_s"] = time.monotonic() - started
         return annotations, summary
+
+
+#: The :class:`Verdict` fields a judge record keeps (no wall-clock times).
+VERDICT_FIELDS = (
+    "status", "text", "top_logprobs", "error", "attempts", "prompt_tokens", "completion_tokens",
+    "is_truncated",
+)
+
+
+def verdict_record(verdict: Verdict) -> dict[str, Any]:
+    """The call-store record of a verdict."""
+    return {name: getattr(verdict, name) for name in VERDICT_FIELDS}
+
+
+def verdict_from_record(record: Mapping[str, Any]) -> Verdict:
+    """The verdict a stored judge record holds."""
+    return Verdict(**{name: record.get(name) for name in VERDICT_FIELDS if name in record})
 
 
 def _same_instruction(reference: Mapping[str, Any], model: Mapping[str, Any]) -> str:
@@ -412,15 +468,17 @@ def annotate_pairs(
     outputs: Sequence[Mapping[str, Any]],
     *,
     seed: int | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Judge ``outputs[i]`` against ``references[i]`` (same instruction, same order).
+    """Judge ``outputs[i]`` against ``references[i]`` (same instruction, same order; ``stop``:
+    see :meth:`PairwiseJudge.annotate`).
 
     Raises:
         ValueError: different lengths, or a pair with different instructions.
     """
     if len(references) != len(outputs):
         raise ValueError(f"{len(outputs)} model outputs for {len(references)} reference outputs")
-    return annotator.annotate(list(zip(references, outputs, strict=True)), seed=seed)
+    return annotator.annotate(list(zip(references, outputs, strict=True)), seed=seed, stop=stop)
 
 
 def run_judge(

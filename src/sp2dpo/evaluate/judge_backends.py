@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
+from sp2dpo.evaluate.calls import text_sha256
 from sp2dpo.llm.local import LocalJudge, cut_middle
-from sp2dpo.llm.teachers import HttpBackend, Teacher
+from sp2dpo.llm.teachers import HttpBackend, Teacher, signature
 
 #: The two single-token labels: the first shown output is ``A``, the second ``B``.
 LABELS: tuple[str, str] = ("A", "B")
@@ -34,6 +35,11 @@ class JudgePrompt:
 
     system: str
     user: string.Template
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the system text and user template (part of every judge call's cache key)."""
+        return text_sha256(self.system + "\0" + self.user.template)
 
     @classmethod
     def load(cls, folder: str | Path = DEFAULT_PROMPTS_DIR) -> JudgePrompt:
@@ -78,6 +84,25 @@ class Verdict:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     is_truncated: bool = False
+
+
+def judge_signature(judge: TeacherConfig, decoding: DecodingConfig, *, scorer: str) -> dict[str, Any]:
+    """What determines a judge's answer besides its prompt: the cache key's ``decode`` part.
+
+    HTTP: the request fields as sent (model, decoding, extra body; no URL, no key). Local: the
+    load settings and ``scorer``, a name and version of the local scoring rule (bump it when the
+    rule changes, so stored verdicts are not reused). Computed from the config alone, so a run
+    whose every call is cached never loads the judge.
+    """
+    if judge.backend == "local":
+        return {
+            "backend": "local",
+            "scorer": scorer,
+            "revision": judge.revision,
+            "dtype": judge.dtype,
+            "max_input_tokens": judge.max_input_tokens,
+        }
+    return signature(dataclasses.replace(judge, structured_output="none"), decoding)
 
 
 class LocalLabelScorer:

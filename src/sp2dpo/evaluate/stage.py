@@ -3,13 +3,25 @@
 For one student, every entry of ``eval.methods`` (``base`` = the student without an adapter, or a
 trained method = its adapter ``models/<student>/<method>``) is evaluated the same way:
 
-1. the student answers the AlpacaEval instruction subset and the IFEval prompt subset with the
-   fixed decoding of ``eval.generation`` (one model load per adapter, batched);
-2. the judge compares each answer with the reference output (AlpacaEval 2.0 protocol, seeded side
-   order) and the leaderboard metrics plus the length-controlled win rate are computed;
+1. the student answers the seeded subsets of the four suites (AlpacaEval, MT-Bench's two turns,
+   IFEval, Arena-Hard) with the fixed decoding of ``eval.generation``: in-process (one model
+   load per adapter, batched) or from an OpenAI-compatible server (``eval.server``);
+2. the judge compares each AlpacaEval answer with the reference output (AlpacaEval 2.0 protocol,
+   seeded side order; WR and LC), grades each MT-Bench turn 1-10 (FastChat's templates and
+   scores), and plays two games per Arena-Hard prompt against the baseline (Bradley-Terry score,
+   bootstrap interval);
 3. IFEval's rule-based checkers score the answers (strict and loose).
 
-Outputs, per method: ``<outputs>/<method>/{model_outputs.json, annotations.json, ifeval.jsonl}``;
+Every answer and every judge call goes through the eval call store (``<calls>``,
+:mod:`sp2dpo.evaluate.calls`): a re-run after a crash, a SIGKILL or a Ctrl-C makes only what is
+missing. SIGINT/SIGTERM stop cleanly: the work in flight finishes and is stored, then the stage
+ends with one line (:class:`sp2dpo.core.stopping.Interrupted`).
+
+Results are reported in the paper's order: AlpacaEval 2.0, MT-Bench, IFEval, Arena-Hard-Auto.
+
+Outputs, per method: ``<outputs>/<method>/{model_outputs.json, annotations.json, ifeval.jsonl,
+mt_bench_answers.jsonl, mt_bench_judgments.jsonl, arena_hard_answers.jsonl,
+arena_hard_judgments.jsonl}`` (the official files' layouts);
 for the student: the report (``reports/eval/<student>.json`` in the pipeline: DVC metrics, nothing
 that changes between identical runs). Metrics also go to MLflow: into the training run of the
 adapter (found by the adapter's hash), or a run of their own for the base student. Wall-clock
@@ -30,7 +42,10 @@ from sp2dpo import tracking
 from sp2dpo.core import artifacts, runlog
 from sp2dpo.core.config import ConfigError, EvalConfig, TeacherConfig, TrainConfig, flatten
 from sp2dpo.core.sampling import seeded_subset
-from sp2dpo.evaluate import alpaca, generate, ifeval, judge, winrate
+from sp2dpo.core.stopping import GracefulStop
+from sp2dpo.evaluate import alpaca, answers, generate, ifeval, judge, suites, winrate
+from sp2dpo.evaluate.arenahard import DEFAULT_PROMPT_DIR as ARENA_HARD_PROMPTS
+from sp2dpo.evaluate.calls import EvalCalls
 from sp2dpo.evaluate.generate import BASE_METHOD as BASE
 from sp2dpo.evaluate.generate import generator_name
 from sp2dpo.evaluate.judge_backends import DEFAULT_PROMPTS_DIR
@@ -50,7 +65,9 @@ class EvalPaths:
         adapters: the student's adapter folders, one per method (``<adapters>/<method>``).
         outputs: answers, annotations and IFEval records, one folder per method.
         report: the student's metrics JSON.
-        judge_prompts: the judge's ``system.txt`` and ``user.txt``.
+        judge_prompts: the AlpacaEval judge's ``system.txt`` and ``user.txt``.
+        arena_hard_prompts: the Arena-Hard judge's ``system.txt`` and ``user.txt``.
+        calls: the eval call store (answers and judge calls; None: in memory, nothing kept).
         run_log: folder of the run logs (generation and judge times; None: not written).
     """
 
@@ -58,6 +75,8 @@ class EvalPaths:
     outputs: Path
     report: Path
     judge_prompts: Path = DEFAULT_PROMPTS_DIR
+    arena_hard_prompts: Path = ARENA_HARD_PROMPTS
+    calls: Path | None = None
     run_log: Path | None = None
 
     @classmethod
@@ -67,6 +86,7 @@ class EvalPaths:
             adapters=Path("models") / student,
             outputs=Path("data/eval") / student,
             report=Path("reports/eval") / f"{student}.json",
+            calls=Path("data/eval_calls") / student,
             run_log=runlog.PIPELINE_DIR / "eval" / student,
         )
 
@@ -145,75 +165,113 @@ def run(
         if ecfg.ifeval.enabled
         else []
     )
+    mtb, ah = ecfg.mt_bench, ecfg.arena_hard
+    mt_questions = suites.mt_bench_questions(mtb) if mtb.enabled else []
+    ah_questions = suites.arena_hard_questions(ah) if ah.enabled else []
     log.info(
-        "eval %s: %s on %d AlpacaEval instructions and %d IFEval prompts",
-        student.name, ", ".join(methods), len(items), len(prompts),
+        "eval %s: %s on %d AlpacaEval instructions, %d MT-Bench questions, %d IFEval prompts, "
+        "%d Arena-Hard prompts",
+        student.name, ", ".join(methods), len(items), len(mt_questions), len(prompts),
+        len(ah_questions),
     )
 
-    # 1. answers (one student load per method; freed before the judge loads)
-    answers: dict[str, list[dict[str, Any]]] = {}
+    def name(method: str) -> str:
+        return generator_name(student.name, method)
+
+    answers_by: dict[str, list[dict[str, Any]]] = {}
     ifeval_answers: dict[str, dict[Any, str]] = {}
+    mt_answers: dict[str, list[tuple[str, str]]] = {}
+    ah_answers: dict[str, list[str]] = {}
     timings: dict[str, dict[str, float]] = {method: {} for method in methods}
-    for method in methods:
-        started = time.perf_counter()
-        adapter = None if method == BASE else paths.adapter(method)
-        model, tokenizer = generate.load_student(student, adapter)
-        answers[method] = generate.generate_outputs(
-            model, tokenizer, items, ecfg.generation, generator_name(student.name, method)
-        )
-        alpaca.write_model_outputs(answers[method], paths.method_outputs(method) / "model_outputs.json")
-        if prompts:
-            responses = generate.generate(
-                model, tokenizer, [p.prompt for p in prompts], ecfg.generation,
-                max_new_tokens=ecfg.ifeval.max_new_tokens,
-            )
-            ifeval_answers[method] = {p.key: r for p, r in zip(prompts, responses, strict=True)}
-        timings[method]["timing/generation_s"] = time.perf_counter() - started
-        del model, tokenizer
-        gc.collect()
-
-    # 2. judge + win rates, 3. IFEval
-    official = (
-        OfficialLCInputs.read(ae.instruction_difficulty, ae.df_gamed)
-        if ae.instruction_difficulty and ae.df_gamed
-        else None
-    )
-    annotator = judge.PairwiseJudge(judge_cfg, judge_decoding, seed=ae.seed, prompts_dir=paths.judge_prompts)
     by_method: dict[str, Any] = {}
-    try:
+    with EvalCalls(paths.calls) as calls, GracefulStop(f"eval {student.name}") as stopping:
+        # 1. answers (one student load per method, only when some answer is missing)
+        gen = ecfg.generation
         for method in methods:
-            annotations, judge_summary = judge.annotate_pairs(annotator, items, answers[method], seed=ae.seed)
-            timings[method].update({f"timing/judge_{k}": float(judge_summary[k])
-                                    for k in judge.VOLATILE_SUMMARY_KEYS})
-            annotations = judge.stable_annotations(annotations)
+            if stopping.stopped:
+                break
+            started = time.perf_counter()
+            adapter = None if method == BASE else paths.adapter(method)
             folder = paths.method_outputs(method)
-            judged = [a for a in annotations if a.get("preference") is not None]
-            failed = [a for a in annotations if a.get("preference") is None]
-            if failed:
-                log.warning(
-                    "eval %s-%s: %d of %d judge annotations failed (%s); win rates use the rest",
-                    student.name, method, len(failed), len(annotations), judge_summary["status"],
+            with answers.open_answerer(student, method, adapter, ecfg.server, calls) as answerer:
+
+                def answer(turns: list[list[str]], cap: int, a: Any = answerer) -> list[list[str]]:
+                    return a.answer(turns, gen, cap)
+
+                texts = answerer.answer_instructions([i["instruction"] for i in items], gen)
+                answers_by[method] = generate.model_outputs(items, texts, name(method))
+                alpaca.write_model_outputs(answers_by[method], folder / "model_outputs.json")
+                if mt_questions:
+                    mt_answers[method] = suites.answer_mt_bench(mtb, mt_questions, answer)
+                    suites.write_mt_bench_answers(
+                        mt_questions, mt_answers[method], name(method), folder / "mt_bench_answers.jsonl"
+                    )
+                if prompts:
+                    responses = answerer.answer_instructions(
+                        [p.prompt for p in prompts], gen, ecfg.ifeval.max_new_tokens
+                    )
+                    ifeval_answers[method] = {p.key: r for p, r in zip(prompts, responses, strict=True)}
+                if ah_questions:
+                    ah_answers[method] = suites.answer_arena_hard(ah, ah_questions, answer)
+                    suites.write_arena_hard_answers(
+                        ah_questions, ah_answers[method], name(method), folder / "arena_hard_answers.jsonl"
+                    )
+            timings[method]["timing/generation_s"] = time.perf_counter() - started
+            gc.collect()
+        stopping.raise_if_stopped(_kept(calls, paths.calls))
+
+        # 2. judges + win rates and scores, 3. IFEval
+        official = (
+            OfficialLCInputs.read(ae.instruction_difficulty, ae.df_gamed)
+            if ae.instruction_difficulty and ae.df_gamed
+            else None
+        )
+        annotator = judge.PairwiseJudge(
+            judge_cfg, judge_decoding, seed=ae.seed, prompts_dir=paths.judge_prompts, calls=calls
+        )
+        local = (lambda: annotator.backend.scorer) if judge_cfg.backend == "local" else None  # type: ignore[union-attr]
+        try:
+            for method in methods:
+                annotations, judge_summary = judge.annotate_pairs(
+                    annotator, items, answers_by[method], seed=ae.seed, stop=stopping.stop
                 )
-                artifacts.write_json(failed, folder / "judge_failures.json")
-            else:
-                (folder / "judge_failures.json").unlink(missing_ok=True)
-            if not judged:
-                raise RuntimeError(f"eval {student.name}-{method}: every judge annotation failed")
-            annotations_path = folder / "annotations.json"
-            alpaca.write_annotations(judged, annotations_path)
-            rates = winrate.json_ready(winrate.evaluate_annotations(
-                alpaca.validate_annotations(judged, str(annotations_path)),
-                reference=reference, official=official, source=str(annotations_path),
-                reference_source=str(reference_path),
-            ))
-            entry: dict[str, Any] = {"alpaca_eval": rates, "judge": judge.stable_summary(judge_summary)}
-            if prompts:
-                result = ifeval.score(prompts, ifeval_answers[method])
-                ifeval.write_results(result, folder / "ifeval.jsonl")
-                entry["ifeval"] = ifeval.summary(result)
-            by_method[method] = entry
-    finally:
-        annotator.close()
+                stopping.raise_if_stopped(_kept(calls, paths.calls))
+                timings[method].update({f"timing/judge_{k}": float(judge_summary[k])
+                                        for k in judge.VOLATILE_SUMMARY_KEYS})
+                by_method[method] = _alpaca_entry(
+                    student.name, method, annotations, judge_summary, paths, reference,
+                    reference_path, official,
+                )
+            if mt_questions:
+                grader, templates = suites.mt_bench_grader(mtb, judge_cfg, judge_decoding, calls, local)
+                mt = suites.judge_mt_bench(
+                    mtb, mt_questions, mt_answers, name, grader, templates, paths.method_outputs,
+                    stopping.stop,
+                )
+                stopping.raise_if_stopped(_kept(calls, paths.calls))
+                assert mt is not None
+                for method in methods:
+                    by_method[method]["mt_bench"] = mt[method]
+            for method in methods:
+                if prompts:
+                    result = ifeval.score(prompts, ifeval_answers[method])
+                    ifeval.write_results(result, paths.method_outputs(method) / "ifeval.jsonl")
+                    by_method[method]["ifeval"] = ifeval.summary(result)
+            if ah_questions:
+                grader, ah_prompt = suites.arena_hard_grader(
+                    ah, judge_cfg, judge_decoding, calls, paths.arena_hard_prompts, local
+                )
+                scored = suites.judge_arena_hard(
+                    ah, ah_questions, ah_answers, name, grader, ah_prompt, paths.method_outputs,
+                    stopping.stop,
+                )
+                stopping.raise_if_stopped(_kept(calls, paths.calls))
+                assert scored is not None
+                for method in methods:
+                    by_method[method]["arena_hard"] = scored[method]
+        finally:
+            annotator.close()
+        call_counts = calls.counts()
 
     report = {
         "student": student.name,
@@ -227,10 +285,14 @@ def run(
             "is_teacher": bool(judge_warning),
         },
         "length_controlled_method": by_method[methods[0]]["alpaca_eval"]["length_controlled_method"],
+        "suites": [s for s in SUITES if s == "alpaca_eval" or any(s in e for e in by_method.values())],
     }
     artifacts.write_json(report, paths.report)
     if paths.run_log is not None:
-        runlog.write(paths.run_log, {"stage": "eval", "student": student.name, "timings": timings})
+        runlog.write(paths.run_log, {"stage": "eval", "student": student.name, "timings": timings,
+                                     "calls": call_counts})
+    log.info("eval %s: calls made %s, reused from the store %s", student.name,
+             call_counts["made"], call_counts["reused"])
 
     if track:
         flat = logged_params if logged_params is not None else flatten({"eval": dataclasses.asdict(ecfg)})
@@ -238,7 +300,9 @@ def run(
             sha = tracking.adapter_sha256(paths.adapter(method)) if method != BASE else None
             run_id = tracking.log_eval(
                 generator_name(student.name, method),
-                {**flat_metrics(by_method[method]), **timings[method]},
+                {**flat_metrics(by_method[method]), **timings[method],
+                 **{f"calls/{what}_{kind}": float(n) for what, per in call_counts.items()
+                    for kind, n in per.items()}},
                 adapter_sha=sha,
                 flat_params=flat,
                 pinned={"method": method, "student": student.name, "stage": "eval"},
@@ -248,12 +312,65 @@ def run(
     return report
 
 
+#: The suites in the paper's reporting order (AE2 -> MT-Bench -> IFEval -> Arena-Hard-Auto).
+SUITES = ("alpaca_eval", "mt_bench", "ifeval", "arena_hard")
+
+
 def flat_metrics(entry: dict[str, Any]) -> dict[str, float | None]:
-    """The numeric results of one method as flat MLflow metric names (``alpaca_eval/win_rate``)."""
+    """The numeric results of one method as flat MLflow metric names (``alpaca_eval/win_rate``;
+    an interval ``ci`` as ``ci_low`` and ``ci_high``)."""
     out: dict[str, float | None] = {}
-    for section in ("alpaca_eval", "ifeval"):
+    for section in SUITES:
         for key, value in (entry.get(section) or {}).items():
+            if key == "ci" and isinstance(value, list) and len(value) == 2:
+                out[f"{section}/ci_low"], out[f"{section}/ci_high"] = map(float, value)
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             out[f"{section}/{key}"] = float(value)
     return out
+
+
+def _kept(calls: EvalCalls, where: Path | None) -> str:
+    """What an interrupted run kept (for the one-line message)."""
+    made = calls.counts()["made"]
+    return (
+        f"{made.get('answer', 0)} answer(s) and {made.get('judge', 0)} judge call(s) made now are "
+        f"stored in {where or 'memory (no call store)'}; re-run to continue (stored calls are "
+        "never made again)"
+    )
+
+
+def _alpaca_entry(
+    student: str,
+    method: str,
+    annotations: list[dict[str, Any]],
+    judge_summary: dict[str, Any],
+    paths: EvalPaths,
+    reference: list[dict[str, Any]],
+    reference_path: Path,
+    official: OfficialLCInputs | None,
+) -> dict[str, Any]:
+    """Write one method's AlpacaEval annotations (and failures); its WR/LC entry."""
+    annotations = judge.stable_annotations(annotations)
+    folder = paths.method_outputs(method)
+    judged = [a for a in annotations if a.get("preference") is not None]
+    failed = [a for a in annotations if a.get("preference") is None]
+    if failed:
+        log.warning(
+            "eval %s-%s: %d of %d judge annotations failed (%s); win rates use the rest",
+            student, method, len(failed), len(annotations), judge_summary["status"],
+        )
+        artifacts.write_json(failed, folder / "judge_failures.json")
+    else:
+        (folder / "judge_failures.json").unlink(missing_ok=True)
+    if not judged:
+        raise RuntimeError(f"eval {student}-{method}: every judge annotation failed")
+    annotations_path = folder / "annotations.json"
+    alpaca.write_annotations(judged, annotations_path)
+    rates = winrate.json_ready(winrate.evaluate_annotations(
+        alpaca.validate_annotations(judged, str(annotations_path)),
+        reference=reference, official=official, source=str(annotations_path),
+        reference_source=str(reference_path),
+    ))
+    return {"alpaca_eval": rates, "judge": judge.stable_summary(judge_summary)}

@@ -4,8 +4,9 @@ Inputs: ``reports/eval/<student>.json`` (one per student, from ``eval@<student>`
 
 - ``reports/eval.json``: ``{"<student>": {"<method>": {lc, wr, ...}}}`` plus the method behind LC
   (DVC metrics: ``dvc metrics diff`` compares experiments on it);
-- ``reports/eval.md``: AlpacaEval 2.0 LC and WR per student (columns) and method (rows), as in
-  Table 2 of the paper, then IFEval accuracies;
+- ``reports/eval.md``: the suites in the paper's reporting order: AlpacaEval 2.0 LC and WR per
+  student (columns) and method (rows), as in Table 2 of the paper; MT-Bench (turn 1, turn 2,
+  overall); IFEval accuracies; Arena-Hard-Auto (score with its 95% interval, verdict labels);
 - ``reports/eval_plot.csv`` + ``reports/eval_plot.png``: the same numbers as a plot.
 """
 
@@ -67,9 +68,16 @@ def combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "avg_length": ae.get("avg_length"),
                 "n_total": ae.get("n_total"),
             }
+            mt = entry.get("mt_bench") or {}
+            for key in ("turn1", "turn2", "score"):
+                row[f"mt_bench_{key}"] = mt.get(key)
             for key, _ in IFEVAL_COLUMNS:
                 value = (entry.get("ifeval") or {}).get(key)
                 row[f"ifeval_{key}"] = None if value is None else 100.0 * value
+            ah = entry.get("arena_hard") or {}
+            row["arena_hard_score"] = ah.get("score")
+            row["arena_hard_ci"] = ah.get("ci")
+            row["arena_hard_verdicts"] = ah.get("verdicts")
             rows[method] = row
         out[student] = {
             "methods": rows,
@@ -77,6 +85,11 @@ def combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "judge": report.get("judge", {}).get("model"),
         }
     return out
+
+
+def _any(combined: dict[str, Any], key: str) -> bool:
+    """Whether any student's method has a value for ``key``."""
+    return any(row.get(key) is not None for data in combined.values() for row in data["methods"].values())
 
 
 def _cell(value: Any, digits: int = 2) -> str:
@@ -108,6 +121,17 @@ def markdown(combined: dict[str, Any]) -> str:
             row = combined[s]["methods"].get(method, {})
             cells += [_cell(row.get("length_controlled_winrate")), _cell(row.get("win_rate"))]
         lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    if _any(combined, "mt_bench_score"):
+        lines += ["", "MT-Bench (single-answer grading 1-10, FastChat's templates; mean over the "
+                  "judged turns):", ""]
+        lines += ["| Method | Student | turn 1 | turn 2 | score |", "|---|---|---:|---:|---:|"]
+        for method in methods:
+            for s in students:
+                row = combined[s]["methods"].get(method)
+                if row is None:
+                    continue
+                cells = [_cell(row.get(f"mt_bench_{k}")) for k in ("turn1", "turn2", "score")]
+                lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | " + " | ".join(cells) + " |")
     lines += ["", "IFEval (offline, rule-based; accuracy %):", ""]
     head = "| Method | Student | " + " | ".join(label for _, label in IFEVAL_COLUMNS) + " |"
     lines += [head, "|---|---|" + "---:|" * len(IFEVAL_COLUMNS)]
@@ -118,6 +142,22 @@ def markdown(combined: dict[str, Any]) -> str:
                 continue
             cells = [_cell(row.get(f"ifeval_{key}")) for key, _ in IFEVAL_COLUMNS]
             lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | " + " | ".join(cells) + " |")
+    if _any(combined, "arena_hard_score"):
+        lines += ["", "Arena-Hard-Auto v0.1 (win rate % against gpt-4-0314, Bradley-Terry over both "
+                  "games of every prompt, 95% bootstrap interval; verdict counts "
+                  "A>>B / A>B / A=B / B>A / B>>A with the model as B in game 1):", ""]
+        lines += ["| Method | Student | score | 95% CI | verdicts |", "|---|---|---:|---|---|"]
+        for method in methods:
+            for s in students:
+                row = combined[s]["methods"].get(method)
+                if row is None:
+                    continue
+                ci = row.get("arena_hard_ci")
+                interval = "—" if not ci else f"[{_cell(ci[0])}, {_cell(ci[1])}]"
+                verdicts = row.get("arena_hard_verdicts") or {}
+                counts = " / ".join(str(v) for v in verdicts.values()) or "—"
+                lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | "
+                             f"{_cell(row.get('arena_hard_score'))} | {interval} | {counts} |")
     n = sorted({combined[s]["methods"][m].get("n_total") for s in students for m in combined[s]["methods"]}, key=str)
     lines += ["", f"Judged instructions per model: {', '.join(str(x) for x in n)}."]
     notes = sorted({

@@ -22,9 +22,12 @@ from sp2dpo.core.config.base import DEFAULT_PARAMS, build, build_list, flatten, 
 from sp2dpo.core.config.data import DataConfig, FilterConfig
 from sp2dpo.core.config.evaluate import (
     AlpacaEvalConfig,
+    AnswerServerConfig,
+    ArenaHardConfig,
     EvalConfig,
     GenerationConfig,
     IFEvalConfig,
+    MTBenchConfig,
 )
 from sp2dpo.core.config.losses import LOSS_SPECS, LossSpec, build_loss_args, loss_spec
 from sp2dpo.core.config.params import (
@@ -57,6 +60,8 @@ __all__ = [
     "AggregateConfig",
     "AlpacaEvalConfig",
     "AnnotateConfig",
+    "AnswerServerConfig",
+    "ArenaHardConfig",
     "BetaConfig",
     "ConfigError",
     "DataConfig",
@@ -68,6 +73,7 @@ __all__ = [
     "IFEvalConfig",
     "LoraSettings",
     "LossSpec",
+    "MTBenchConfig",
     "MatrixConfig",
     "MethodConfig",
     "Params",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from sp2dpo.core.config.annotate import DecodingConfig, TeacherConfig
 from sp2dpo.core.config.base import field
@@ -105,6 +106,144 @@ class IFEvalConfig:
             raise ConfigError("eval.ifeval.max_new_tokens must be >= 1")
 
 
+def _check_limit(section: str, limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"eval.{section}.limit must be a positive integer or null, got {limit}")
+
+
+def _check_evalsets(section: str, name: str, value: str) -> None:
+    if not value.replace("\\", "/").startswith(EVALSETS + "/"):
+        raise ConfigError(
+            f"eval.{section}.{name}: put the file under {EVALSETS}/ (a dependency of the eval "
+            f"stage, versioned by evalsets.dvc), got {value!r}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class MTBenchConfig:
+    """MT-Bench: 80 two-turn questions, single-answer grading 1-10 per turn (FastChat's
+    protocol and judge templates)."""
+
+    enabled: bool = field(True, "Run MT-Bench.")
+    questions: str = field(
+        "data/evalsets/mt_bench/question.jsonl.gz", "The 80 questions (FastChat's question.jsonl)."
+    )
+    reference_answers: str = field(
+        "data/evalsets/mt_bench/reference_answer/gpt-4.jsonl.gz",
+        "GPT-4 reference answers, shown to the judge for math, reasoning and coding.",
+    )
+    judge_prompts: str = field(
+        "data/evalsets/mt_bench/judge_prompts.jsonl",
+        "FastChat's judge templates (official text, loaded from the data folder).",
+    )
+    limit: int | None = field(4, "Seeded subset of this many questions (null: all 80).")
+    seed: int = field(42, "Seed of the question subset.")
+    max_new_tokens: int = field(
+        64, "Answer-token cap per turn (FastChat: 1024; offline default: 64)."
+    )
+    judge_max_tokens: int = field(
+        2048, "Judge output-token cap (HTTP judges: the evaluation text and the rating)."
+    )
+
+    def __post_init__(self) -> None:
+        _check_limit("mt_bench", self.limit)
+        if self.max_new_tokens < 1 or self.judge_max_tokens < 1:
+            raise ConfigError("eval.mt_bench: max_new_tokens and judge_max_tokens must be >= 1")
+        for name in ("questions", "reference_answers", "judge_prompts"):
+            _check_evalsets("mt_bench", name, getattr(self, name))
+
+
+@dataclasses.dataclass(frozen=True)
+class ArenaHardConfig:
+    """Arena-Hard-Auto v0.1: 500 prompts, two games per prompt against the gpt-4-0314 baseline,
+    Bradley-Terry score with a bootstrap interval."""
+
+    enabled: bool = field(True, "Run Arena-Hard-Auto.")
+    questions: str = field(
+        "data/evalsets/arena_hard/question.jsonl.gz", "The 500 v0.1 prompts."
+    )
+    baseline_answers: str = field(
+        "data/evalsets/arena_hard/model_answer/gpt-4-0314.jsonl.gz",
+        "The baseline's answers (official answer file).",
+    )
+    baseline: str = field("gpt-4-0314", "The baseline model's name (score 50 by definition).")
+    limit: int | None = field(4, "Seeded subset of this many prompts (null: all 500).")
+    seed: int = field(42, "Seed of the prompt subset.")
+    max_new_tokens: int = field(
+        64, "Answer-token cap (official runs: 4096; offline default: 64)."
+    )
+    judge_max_tokens: int = field(4096, "Judge output-token cap (HTTP judges).")
+    bootstrap_rounds: int = field(100, "Bootstrap rounds of the 95% interval (official: 100).")
+    bootstrap_seed: int = field(42, "Seed of the bootstrap.")
+
+    def __post_init__(self) -> None:
+        _check_limit("arena_hard", self.limit)
+        if self.max_new_tokens < 1 or self.judge_max_tokens < 1 or self.bootstrap_rounds < 1:
+            raise ConfigError(
+                "eval.arena_hard: max_new_tokens, judge_max_tokens and bootstrap_rounds must be >= 1"
+            )
+        for name in ("questions", "baseline_answers"):
+            _check_evalsets("arena_hard", name, getattr(self, name))
+
+
+_SERVER_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerServerConfig:
+    """Where the students' answers come from: in-process transformers (``base_url: null``, the
+    offline default) or an OpenAI-compatible server that serves the base model and every adapter
+    (vLLM with ``--enable-lora``). Answers are cached by model, adapter digest, conversation and
+    decoding, whichever backend produced them."""
+
+    base_url: str | None = field(
+        None,
+        "Chat-completions endpoint ending in `/v1` (e.g. `http://127.0.0.1:8000/v1`); null: "
+        "answer in-process with transformers.",
+    )
+    api_key_env: str | None = field(
+        None,
+        "NAME of the environment variable holding the server's API key (never the key itself); "
+        "null: send no key (local servers).",
+    )
+    models: dict[str, str] = field(
+        {},
+        "Served model name per evaluated method (`base` or a method name). Unset: `base` -> the "
+        "student's model (an HF id, or the converted folder of a `local:` spec), a method -> its "
+        "own name, as `vllm serve BASE --enable-lora --lora-modules NAME=models/<student>/NAME` "
+        "exposes it.",
+    )
+    max_concurrency: int = field(8, "Answer requests in flight at once.")
+    timeout_s: float = field(600.0, "Per-request timeout in seconds.")
+    max_retries: int = field(
+        3, "Retries after the first attempt of a request (transient errors), with backoff."
+    )
+
+    def __post_init__(self) -> None:
+        if self.base_url is not None and not re.match(r"^https?://[^\s/]+", self.base_url):
+            raise ConfigError(
+                f"eval.server.base_url must be an http(s) URL ending in /v1 or null, got "
+                f"{self.base_url!r}"
+            )
+        if self.api_key_env is not None and not re.match(_SERVER_ENV_NAME, self.api_key_env):
+            # Never echo the value: it may be a key pasted in the wrong place.
+            raise ConfigError(
+                "eval.server.api_key_env must be the NAME of an environment variable (letters, "
+                "digits, '_'), not the key itself"
+            )
+        for method, served in self.models.items():
+            if not method or not served.strip():
+                raise ConfigError(
+                    f"eval.server.models: method {method!r} needs a non-empty served model name"
+                )
+        if self.max_concurrency < 1:
+            raise ConfigError(f"eval.server.max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"eval.server.timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_retries < 0:
+            raise ConfigError(f"eval.server.max_retries must be >= 0, got {self.max_retries}")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """The ``eval`` stage: AlpacaEval 2.0 (WR, LC) and IFEval for the base student and each method."""
@@ -115,6 +254,11 @@ class EvalConfig:
         "every method of `matrix.methods`).",
     )
     generation: GenerationConfig = field(GenerationConfig(), "Student decoding.")
+    server: AnswerServerConfig = field(
+        AnswerServerConfig(),
+        "Where answers come from: in-process transformers (offline default) or an "
+        "OpenAI-compatible server (vLLM serving the base model and every adapter).",
+    )
     alpaca_eval: AlpacaEvalConfig = field(AlpacaEvalConfig(), "AlpacaEval 2.0 set and LC GLM.")
     judge: TeacherConfig = field(
         _judge_default(),
@@ -132,6 +276,8 @@ class EvalConfig:
         "the report records it.",
     )
     ifeval: IFEvalConfig = field(IFEvalConfig(), "IFEval settings.")
+    mt_bench: MTBenchConfig = field(MTBenchConfig(), "MT-Bench settings.")
+    arena_hard: ArenaHardConfig = field(ArenaHardConfig(), "Arena-Hard-Auto v0.1 settings.")
 
     def __post_init__(self) -> None:
         if self.methods is not None:

@@ -1,0 +1,146 @@
+"""``sp2dpo judge``: the AlpacaEval judge over an outputs file, resumable, with a cost estimate.
+
+Judges a model-outputs file (AlpacaEval format) against the reference outputs with the
+``eval.judge`` entry, every call through the eval call store: a crash, a SIGKILL or a Ctrl-C
+loses at most the calls in flight, and the re-run calls only what is missing.
+``--estimate`` prints what a run would pay for (calls not in the store, their tokens and the
+maximum cost) and calls nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sp2dpo.core.config import EvalConfig, TeacherConfig
+from sp2dpo.core.stopping import GracefulStop
+from sp2dpo.evaluate import alpaca, judge
+from sp2dpo.evaluate.calls import EvalCalls
+from sp2dpo.evaluate.judge_backends import DEFAULT_PROMPTS_DIR
+
+log = logging.getLogger(__name__)
+
+#: Characters per token of the token estimate (a conservative average for English text).
+CHARS_PER_TOKEN = 4.0
+
+
+def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+    """A token estimate of a request's messages (characters / :data:`CHARS_PER_TOKEN`)."""
+    return int(sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN) + 1
+
+
+def cost_estimate(
+    judge_cfg: TeacherConfig, max_tokens: int, prompts: Sequence[Sequence[Mapping[str, str]]]
+) -> dict[str, Any]:
+    """Calls, estimated prompt tokens, the output-token cap and the maximum cost of ``prompts``
+    (each a judge request's messages) with ``judge_cfg``'s prices."""
+    prompt_tokens = sum(estimate_tokens(m) for m in prompts)
+    completion_tokens = max_tokens * len(prompts)
+    return {
+        "calls": len(prompts),
+        "prompt_tokens": prompt_tokens,
+        "max_completion_tokens": completion_tokens,
+        "max_cost_usd": (
+            prompt_tokens * judge_cfg.price_in_per_m + completion_tokens * judge_cfg.price_out_per_m
+        ) / 1e6,
+    }
+
+
+def pending_alpaca(
+    annotator: judge.PairwiseJudge,
+    pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    seed: int | None = None,
+) -> list[list[dict[str, str]]]:
+    """The judge requests (messages) of ``pairs`` not yet in the store (identical outputs need
+    no call)."""
+    seed = annotator.seed if seed is None else seed
+    out = []
+    for reference, model in pairs:
+        instruction = reference["instruction"]
+        ref_out, model_out = str(reference["output"]), str(model["output"])
+        if ref_out == model_out:
+            continue
+        model_first = judge.model_on_first_side(instruction, seed)
+        first, second = (model_out, ref_out) if model_first else (ref_out, model_out)
+        if annotator.calls.final(annotator.call_key(instruction, first, second)) is None:
+            out.append(annotator.prompt.messages(instruction, first, second))
+    return out
+
+
+def run_judge_file(
+    ecfg: EvalConfig,
+    outputs_path: Path,
+    out: Path,
+    calls_path: Path,
+    *,
+    reference_path: Path | None = None,
+    limit: int | None = None,
+    estimate: bool = False,
+    prompts_dir: Path = DEFAULT_PROMPTS_DIR,
+) -> dict[str, Any]:
+    """Judge ``outputs_path`` against the reference outputs; write the annotations to ``out``.
+
+    Args:
+        ecfg: section ``eval`` (judge, judge decoding, the reference and the side-order seed).
+        outputs_path: model outputs (AlpacaEval format), matched to the reference by instruction.
+        out: the annotations file (AlpacaEval format, failed ones left out and counted).
+        calls_path: the eval call store (a folder).
+        reference_path: default ``eval.alpaca_eval.reference_outputs``.
+        limit: judge only the first ``limit`` outputs.
+        estimate: print the cost of what is missing and call nothing.
+
+    Returns:
+        The estimate, or a summary (annotations written, calls made and reused, win rate).
+
+    Raises:
+        sp2dpo.core.stopping.Interrupted: SIGINT/SIGTERM; the calls in flight are stored first.
+    """
+    reference_path = reference_path or Path(ecfg.alpaca_eval.reference_outputs)
+    outputs = alpaca.read_model_outputs(outputs_path)[:limit]
+    by_instruction = {r["instruction"]: r for r in alpaca.read_model_outputs(reference_path)}
+    missing = [o["instruction"] for o in outputs if o["instruction"] not in by_instruction]
+    if missing:
+        raise ValueError(
+            f"{outputs_path}: {len(missing)} instruction(s) not in the reference outputs "
+            f"{reference_path}, e.g. {missing[0][:80]!r}"
+        )
+    pairs = [(by_instruction[o["instruction"]], o) for o in outputs]
+    seed = ecfg.alpaca_eval.seed
+    with EvalCalls(calls_path) as calls:
+        annotator = judge.PairwiseJudge(
+            ecfg.judge, ecfg.judge_decoding, seed=seed, prompts_dir=prompts_dir, calls=calls
+        )
+        if estimate:
+            todo = pending_alpaca(annotator, pairs)
+            return {
+                "judge": ecfg.judge.id,
+                "items": len(pairs),
+                "cached": len(pairs) - len(todo),
+                **cost_estimate(ecfg.judge, ecfg.judge_decoding.max_tokens, todo),
+            }
+        with GracefulStop(f"judge {outputs_path}") as stopping:
+            try:
+                annotations, summary = annotator.annotate(pairs, stop=stopping.stop)
+            finally:
+                annotator.close()
+            stopping.raise_if_stopped(
+                f"{calls.made['judge']} judge call(s) made now are stored in {calls_path}; "
+                "re-run to continue (stored calls are never made again)"
+            )
+        counts = calls.counts()
+    judged = [a for a in judge.stable_annotations(annotations) if a.get("preference") is not None]
+    alpaca.write_annotations(judged, out)
+    result: dict[str, Any] = {
+        "annotations": str(out),
+        "n": len(annotations),
+        "n_judged": len(judged),
+        "status": summary["status"],
+        "calls_made": counts["made"].get("judge", 0),
+        "calls_reused": counts["reused"].get("judge", 0),
+    }
+    if judged:
+        wins = sum(float(a["preference"]) - 1.0 for a in judged)
+        result["win_rate"] = 100.0 * wins / len(judged)
+    return result

@@ -3,6 +3,7 @@ bounded subprocesses; capability markers (``requires_chromium``, ``requires_npm`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -319,30 +320,27 @@ def tiny_student(tmp_path_factory) -> Path:
     return models.build_tiny_model(STUDENT, tmp_path_factory.mktemp("tiny-smollm2"), seed=0)
 
 
-@pytest.fixture(scope="session")
-def serve(tmp_path_factory) -> Iterator[tuple[str, str]]:
-    """A `transformers serve` on loopback pinned to the packaged SmolLM2 folder, shared by the
-    session (it is stateless: tests only send requests); always shut down.
+@contextlib.contextmanager
+def transformers_serve(folder: str | Path, log_path: Path, *extra: str,
+                       timeout: float = 180) -> Iterator[str]:
+    """A real `transformers serve` of the model ``folder`` on a free loopback port, until the
+    block ends (then stopped with its process group); yields the ``.../v1`` base URL.
 
-    Yields:
-        ``(base_url, folder)``: the OpenAI-compatible ``.../v1`` URL and the served model folder.
+    ``extra``: more `transformers serve` flags (e.g. ``--dtype float32``). Fails the test with
+    the log's tail when the server does not answer ``/health`` within ``timeout`` seconds.
     """
     import requests
 
-    from sp2dpo.llm import models
-
-    folder = models.ensure_converted("smollm2-135m-instruct")
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     transformers = Path(sys.executable).parent / "transformers"
     cmd = [str(transformers), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
-           "--device", "cpu"]
+           "--device", "cpu", *extra]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + timeout
             while True:
                 try:
                     if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
@@ -353,9 +351,25 @@ def serve(tmp_path_factory) -> Iterator[tuple[str, str]]:
                     tail = log_path.read_text()[-2000:]
                     pytest.fail(f"transformers serve did not start:\n{tail}")
                 time.sleep(0.5)
-            yield f"http://127.0.0.1:{port}/v1", str(folder)
+            yield f"http://127.0.0.1:{port}/v1"
         finally:
             stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def serve(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """A `transformers serve` on loopback pinned to the packaged SmolLM2 folder, shared by the
+    session (it is stateless: tests only send requests); always shut down.
+
+    Yields:
+        ``(base_url, folder)``: the OpenAI-compatible ``.../v1`` URL and the served model folder.
+    """
+    from sp2dpo.llm import models
+
+    folder = models.ensure_converted("smollm2-135m-instruct")
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    with transformers_serve(folder, log_path, timeout=120) as base_url:
+        yield base_url, str(folder)
 
 
 #: Six preference pairs with distinct replies (trainer tests).

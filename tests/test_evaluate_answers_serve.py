@@ -12,16 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from sp2dpo.core.config import ConfigError, EvalConfig, GenerationConfig, StudentConfig, build
 from sp2dpo.core.config.evaluate import AnswerServerConfig
@@ -30,10 +24,9 @@ from sp2dpo.evaluate import generate as gen
 from sp2dpo.evaluate.calls import ANSWER, EvalCalls
 from sp2dpo.llm import models
 from sp2dpo.llm.client import AuthError
-from tests.conftest import stop_process
+from tests.conftest import free_port, transformers_serve
 from tests.fault_server import FaultServer
 
-TRANSFORMERS = Path(sys.executable).parent / "transformers"
 SPEC = "local:smollm2-135m-instruct"
 SETTINGS = GenerationConfig(max_new_tokens=6, batch_size=2, max_input_tokens=128)
 KEY = ans.StudentKey(model=SPEC, revision=None, adapter_sha256="a" * 64)
@@ -42,12 +35,6 @@ CONVERSATIONS = [
     ["Name a prime number greater than 10."],
     ["Say hello.", "Now say it in French."],
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -320,30 +307,8 @@ def merged_server(tmp_path):
     _make_adapter(other, seed=1)
     merged = tmp_path / "merged"
     _merge(adapter, merged)
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen(
-        [str(TRANSFORMERS), "serve", str(merged), "--host", "127.0.0.1", "--port", str(port),
-         "--device", "cpu", "--dtype", "float32"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start:\n"
-                            f"{(tmp_path / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", merged, adapter, other
-    finally:
-        stop_process(proc)
-        log.close()
+    with transformers_serve(merged, tmp_path / "serve.log", "--dtype", "float32") as base_url:
+        yield base_url, merged, adapter, other
 
 
 @pytest.mark.slow
@@ -381,7 +346,7 @@ def test_server_answers_equal_in_process_answers_and_are_generated_once(merged_s
         assert answerer.answer(items, settings) != in_process
 
     # The re-run sends nothing: the backend points at a dead port and still gets every answer.
-    dead = dataclasses.replace(server, base_url=f"http://127.0.0.1:{_free_port()}/v1")
+    dead = dataclasses.replace(server, base_url=f"http://127.0.0.1:{free_port()}/v1")
     backend = ans.ServerBackend(dead, str(merged), "smollm2-test", tokenizer)
     with EvalCalls(store) as calls:
         again = ans.Answerer(backend, calls, key, "smollm2-test").answer(items, settings)

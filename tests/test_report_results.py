@@ -77,3 +77,22 @@ def test_bad_reports_are_named(tmp_path):
     (folder / "x.json").write_text(json.dumps({"oops": 1}))
     with pytest.raises(ValueError, match=r"x\.json: not an eval report"):
         results.write_results(tmp_path / "reports")
+
+
+def test_mt_bench_and_arena_hard_tables_in_the_papers_order(tmp_path):
+    folder = tmp_path / "reports" / "eval"
+    entry = _entry(10.0, 12.0)
+    entry["mt_bench"] = {"turn1": 6.5, "turn2": 5.25, "score": 5.875, "n": 8, "n_failed": 0}
+    # Stored with sorted keys, as the eval report writes them: counts must be read by label.
+    entry["arena_hard"] = {"score": 37.9, "ci": [35.6, 40.36],
+                           "verdicts": {"A=B": 3, "A>>B": 1, "A>B": 2, "B>>A": 5, "B>A": 4}}
+    _write(folder, "smollm2", {"sp2dpo": entry, "base": _entry(5.0, 6.0)})
+    combined = results.write_results(tmp_path / "reports")
+    row = combined["smollm2"]["methods"]["sp2dpo"]
+    assert (row["mt_bench_turn1"], row["mt_bench_score"], row["arena_hard_score"]) == (6.5, 5.875, 37.9)
+    md = (tmp_path / "reports" / "eval.md").read_text()
+    order = [md.index(title) for title in ("AlpacaEval 2.0", "MT-Bench", "IFEval", "Arena-Hard-Auto")]
+    assert order == sorted(order)
+    assert "| SP²DPO (JMAMP) | smollm2 | 6.50 | 5.25 | 5.88 |" in md
+    assert "| SP²DPO (JMAMP) | smollm2 | 37.90 | [35.60, 40.36] | 1 / 2 / 3 / 4 / 5 |" in md
+    assert "| Base (instruction-tuned) | smollm2 | — | — | — |" in md  # no MT-Bench run: dashes

@@ -26,6 +26,9 @@ METHOD_LABELS = {
     "dpo": "DPO (global β)",
     "sp2dpo": "SP²DPO (JMAMP)",
 }
+#: The Arena-Hard verdict labels in the table's column order (strongest for A first). The
+#: report's JSON sorts keys, so the counts are read by label, never in stored order.
+VERDICT_ORDER = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
 #: (key in the report, column label) of the IFEval table.
 IFEVAL_COLUMNS = [
     ("prompt_level_strict_acc", "prompt strict"),
@@ -144,8 +147,9 @@ def markdown(combined: dict[str, Any]) -> str:
             lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | " + " | ".join(cells) + " |")
     if _any(combined, "arena_hard_score"):
         lines += ["", "Arena-Hard-Auto v0.1 (win rate % against gpt-4-0314, Bradley-Terry over both "
-                  "games of every prompt, 95% bootstrap interval; verdict counts "
-                  "A>>B / A>B / A=B / B>A / B>>A with the model as B in game 1):", ""]
+                  "games of every prompt, 95% bootstrap interval; the judge's raw labels over both "
+                  "games, A>>B / A>B / A=B / B>A / B>>A, where game 1 shows the baseline as A and "
+                  "game 2 the model):", ""]
         lines += ["| Method | Student | score | 95% CI | verdicts |", "|---|---|---:|---|---|"]
         for method in methods:
             for s in students:
@@ -155,7 +159,7 @@ def markdown(combined: dict[str, Any]) -> str:
                 ci = row.get("arena_hard_ci")
                 interval = "—" if not ci else f"[{_cell(ci[0])}, {_cell(ci[1])}]"
                 verdicts = row.get("arena_hard_verdicts") or {}
-                counts = " / ".join(str(v) for v in verdicts.values()) or "—"
+                counts = " / ".join(str(verdicts.get(label, 0)) for label in VERDICT_ORDER) if verdicts else "—"
                 lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | "
                              f"{_cell(row.get('arena_hard_score'))} | {interval} | {counts} |")
     n = sorted({combined[s]["methods"][m].get("n_total") for s in students for m in combined[s]["methods"]}, key=str)

@@ -19,14 +19,24 @@ import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from sp2dpo.core.errors import UserError
 
-if TYPE_CHECKING:
-    from sp2dpo.evaluate.arenahard import Battle
+
+class Battle(Protocol):
+    """What the fit reads of a battle row (:class:`sp2dpo.evaluate.arenahard.Battle`)."""
+
+    @property
+    def model_a(self) -> str: ...
+
+    @property
+    def model_b(self) -> str: ...
+
+    @property
+    def winner(self) -> str: ...
 
 log = logging.getLogger(__name__)
 

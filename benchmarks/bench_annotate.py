@@ -27,11 +27,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sp2dpo import annotate
-from sp2dpo.annotate.cache import CallStore
 from sp2dpo.annotate.execute import execute
 from sp2dpo.annotate.plan import plan_calls
 from sp2dpo.annotate.prompts import load_variants
 from sp2dpo.core import artifacts, config, schemas
+from sp2dpo.llm.callstore import CallStore
 from sp2dpo.llm.teachers import Teacher
 from tests.fault_server import FaultServer, pairs_frame, params, teacher
 

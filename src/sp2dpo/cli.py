@@ -21,7 +21,7 @@ from typing import Any
 from sp2dpo import aggregate, annotate, audit, data, evaluate, report
 from sp2dpo.core import artifacts, config
 from sp2dpo.core.entry import guarded, print_json, setup_logging
-from sp2dpo.evaluate import arenahard, ifeval, mtbench, winrate
+from sp2dpo.evaluate import arenahard, ifeval, mtbench, prefeval, winrate
 from sp2dpo.report import plots_html
 
 Subparsers = argparse._SubParsersAction
@@ -509,6 +509,61 @@ def _add_mtbench(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_mtbench)
 
 
+def _cmd_prefeval(args: argparse.Namespace) -> None:
+    result = prefeval.run(
+        args.model, args.adapter, args.pairs, revision=args.revision,
+        chat_template=args.chat_template, limit=args.limit, max_length=args.max_length,
+        max_prompt_length=args.max_prompt_length, batch_size=args.batch_size,
+        rounds=args.rounds, seed=args.seed, device=args.device, out=args.out,
+    )
+    if args.json:
+        print_json(result)
+    else:
+        print(prefeval.format_text(result), end="")
+
+
+def _add_prefeval(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "prefeval",
+        help="held-out preference accuracy and implicit-reward margins of a student (offline)",
+        description="DPO-style held-out preference metrics: for each pair, the chosen and "
+        "rejected log-ratios log pi - log pi_ref of the completion tokens as TRL renders them "
+        "(pi: the model with --adapter, pi_ref: the adapter disabled), the margin, the accuracy "
+        "(ties 1/2) and the reference-free likelihood accuracy, with seeded bootstrap 95% CIs. "
+        "Without --adapter the policy is the reference: accuracy 0.5, margins 0.",
+    )
+    p.add_argument("--model", required=True,
+                   help="model spec: local:smollm2-135m-instruct, an HF id or a folder")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="PEFT LoRA adapter folder (default: none, the base model)")
+    p.add_argument("--pairs", required=True, metavar="FILE",
+                   help="pairs (.parquet, .csv, .jsonl[.gz]): prompt_id, prompt, chosen, "
+                   "rejected, or the ultrafeedback_binarized Hub layout")
+    p.add_argument("--revision", default=None, help="pinned revision of an HF model id")
+    p.add_argument("--chat-template", default=None, metavar="TEMPLATE",
+                   help="Jinja string or .jinja file overriding the tokenizer's chat template")
+    p.add_argument("--limit", type=int, default=None,
+                   help="score the first N usable pairs in file order (default: all)")
+    p.add_argument("--max-length", type=int, default=prefeval.DEFAULT_MAX_LENGTH,
+                   help=f"max prompt+completion tokens, keeping the start "
+                   f"(default: {prefeval.DEFAULT_MAX_LENGTH})")
+    p.add_argument("--max-prompt-length", type=int, default=prefeval.DEFAULT_MAX_PROMPT_LENGTH,
+                   help=f"max prompt tokens, keeping the end "
+                   f"(default: {prefeval.DEFAULT_MAX_PROMPT_LENGTH})")
+    p.add_argument("--batch-size", type=int, default=prefeval.DEFAULT_BATCH_SIZE,
+                   help=f"pairs per forward pass (default: {prefeval.DEFAULT_BATCH_SIZE})")
+    p.add_argument("--rounds", type=int, default=prefeval.DEFAULT_ROUNDS,
+                   help=f"bootstrap rounds; 0: no interval (default: {prefeval.DEFAULT_ROUNDS})")
+    p.add_argument("--seed", type=int, default=prefeval.DEFAULT_SEED,
+                   help=f"seed of the bootstrap resamples (default: {prefeval.DEFAULT_SEED})")
+    p.add_argument("--device", default="cpu",
+                   help="torch device (default: cpu, in float32; cuda runs in bfloat16)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="also write the per-pair log-probs, log-ratios and margins as JSONL")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_prefeval)
+
+
 # ------------------------------------------------------------------------------ params, plots
 
 
@@ -569,6 +624,7 @@ PARSERS: list[Callable[[Subparsers], None]] = [
     _add_ifeval,
     _add_arenahard,
     _add_mtbench,
+    _add_prefeval,
     _add_params_cmd,
     _add_plots_template,
 ]

@@ -59,6 +59,7 @@ def _setup(tmp_path: Path, server: FaultServer) -> list[str]:
             "ifeval": {"limit": 2, "max_new_tokens": 16},
             "arena_hard": {"limit": 3, "max_new_tokens": 16, "judge_max_tokens": 64,
                            "bootstrap_rounds": 10},
+            "prefeval": {"enabled": False},  # it needs the model's weights; tested elsewhere
         }
     }
     path = tmp_path / "params.yaml"
@@ -109,7 +110,8 @@ def test_eval_stage_stops_on_ctrl_c_and_the_rerun_repeats_nothing(tmp_path):
         again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
         assert again.returncode == 0 and len(server.requests) == N_ANSWERS + N_JUDGE
     result = json.loads(done.stdout)["base"]
-    assert set(result) == {"alpaca_eval", "mt_bench", "ifeval", "arena_hard"}
+    assert set(result) == {"alpaca_eval", "mt_bench", "ifeval", "arena_hard", "prefeval"}
+    assert result["prefeval"] is None  # disabled here
     assert result["alpaca_eval"]["win_rate"] == pytest.approx(70.0)
     assert result["mt_bench"]["score"] == 6 and result["mt_bench"]["n_failed"] == 0
     # "B>A" in both games: game 1 (model as B) a win, game 2 (model as A) a loss.

@@ -86,6 +86,9 @@ def test_mt_bench_and_arena_hard_tables_in_the_papers_order(tmp_path):
     # Stored with sorted keys, as the eval report writes them: counts must be read by label.
     entry["arena_hard"] = {"score": 37.9, "ci": [35.6, 40.36],
                            "verdicts": {"A=B": 3, "A>>B": 1, "A>B": 2, "B>>A": 5, "B>A": 4}}
+    entry["prefeval"] = {"n": 16, "accuracy": 0.5625, "accuracy_ci": [0.3125, 0.8125],
+                         "mean_margin": 0.0421, "mean_margin_ci": [-0.01, 0.09],
+                         "likelihood_accuracy": 0.375}
     _write(folder, "smollm2", {"sp2dpo": entry, "base": _entry(5.0, 6.0)})
     combined = results.write_results(tmp_path / "reports")
     row = combined["smollm2"]["methods"]["sp2dpo"]
@@ -96,3 +99,5 @@ def test_mt_bench_and_arena_hard_tables_in_the_papers_order(tmp_path):
     assert "| SP²DPO (JMAMP) | smollm2 | 6.50 | 5.25 | 5.88 |" in md
     assert "| SP²DPO (JMAMP) | smollm2 | 37.90 | [35.60, 40.36] | 1 / 2 / 3 / 4 / 5 |" in md
     assert "| Base (instruction-tuned) | smollm2 | — | — | — |" in md  # no MT-Bench run: dashes
+    assert md.index("Arena-Hard-Auto") < md.index("Held-out preference accuracy")
+    assert "| SP²DPO (JMAMP) | smollm2 | 16 | 0.562 | [0.312, 0.812] | 0.042 | [-0.010, 0.090] | 0.375 |" in md

@@ -71,6 +71,7 @@ def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_
     params["eval"]["generation"]["max_new_tokens"] = 24
     params["eval"]["mt_bench"].update({"limit": 2, "max_new_tokens": 24})
     params["eval"]["arena_hard"].update({"limit": 2, "max_new_tokens": 24, "bootstrap_rounds": 20})
+    params["eval"]["prefeval"].update({"limit": 4, "max_length": 128, "max_prompt_length": 64})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     run([*git, "commit", "-qam", "small"], cwd=repo)
@@ -119,6 +120,10 @@ def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_
         ah = entry["arena_hard"]
         assert sum(ah["verdicts"].values()) == 4 and 0.0 <= ah["score"] <= 100.0
         assert ah["ci"][0] <= ah["score"] <= ah["ci"][1]
+    # The held-out preference accuracy: the base model is its own reference (0.5, zero margins).
+    assert report["methods"]["base"]["prefeval"]["accuracy"] == 0.5
+    assert report["methods"]["base"]["prefeval"]["mean_margin"] == 0.0
+    assert all(report["methods"][m]["prefeval"]["n"] == 4 for m in METHODS)
     mt_cli = json.loads(run([str(BIN / "sp2dpo"), "mtbench", "--json", "--judgments",
                              "data/eval/smollm2/sp2dpo/mt_bench_judgments.jsonl"], cwd=repo).stdout)
     assert mt_cli["smollm2-sp2dpo"]["score"] == pytest.approx(report["methods"]["sp2dpo"]["mt_bench"]["score"])
@@ -157,7 +162,8 @@ def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_
         assert len(runs) == 1
         assert "eval/alpaca_eval/win_rate" in runs[0].data.metrics
         assert "eval/ifeval/prompt_level_strict_acc" in runs[0].data.metrics
-        assert {"eval/mt_bench/score", "eval/arena_hard/score", "eval/arena_hard/ci_low"} <= set(runs[0].data.metrics)
+        assert {"eval/mt_bench/score", "eval/arena_hard/score", "eval/arena_hard/ci_low",
+                "eval/prefeval/accuracy", "eval/prefeval/accuracy_ci_low"} <= set(runs[0].data.metrics)
         assert runs[0].data.params["method.loss"] == "sigmoid"
     # beta_i reached the weights: the per-pair and the global-beta adapters differ
     from safetensors.torch import load_file

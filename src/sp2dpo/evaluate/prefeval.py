@@ -60,7 +60,7 @@ the last assistant message). A pair whose two replies are identical carries no p
 dropped; a pair with an empty (blank) reply is dropped as the ``filter`` stage drops it from the
 training data; both are counted. ``limit`` keeps the first N usable pairs in file order.
 
-The eval stage does not run this yet; :func:`run` is the library entry point for it and for
+The eval stage runs :func:`run` for every evaluated model (``eval.prefeval``), as does
 ``sp2dpo prefeval``.
 """
 
@@ -424,14 +424,15 @@ def run(
     batch_size: int = DEFAULT_BATCH_SIZE,
     rounds: int = DEFAULT_ROUNDS,
     seed: int = DEFAULT_SEED,
-    device: str = "cpu",
+    device: str | None = "cpu",
     out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Read the pairs, load the student (adapter kept unmerged), score and summarise.
 
     The pairs and the options are checked before any weights load. The model and tokenizer come
     from :func:`sp2dpo.evaluate.generate.load_student` (the adapter folder's tokenizer when it
-    has one, ``chat_template`` overriding the template; float32 on CPU). ``out``: also write
+    has one, ``chat_template`` overriding the template; ``device`` ``cpu`` in float32, ``None``:
+    CUDA in bfloat16 when available). ``out``: also write
     the per-pair records (:func:`pair_records`) as JSON Lines.
 
     Returns:

@@ -10,7 +10,10 @@ trained method = its adapter ``models/<student>/<method>``) is evaluated the sam
    seeded side order; WR and LC), grades each MT-Bench turn 1-10 (FastChat's templates and
    scores), and plays two games per Arena-Hard prompt against the baseline (Bradley-Terry score,
    bootstrap interval);
-3. IFEval's rule-based checkers score the answers (strict and loose).
+3. IFEval's rule-based checkers score the answers (strict and loose);
+4. the held-out preference accuracy (``eval.prefeval``, :mod:`sp2dpo.evaluate.prefeval`): the
+   implicit-reward margin of each model against the model without adapter on held-out pairs,
+   with bootstrap intervals (no judge; the base model is 0.5 by construction).
 
 Every answer and every judge call goes through the eval call store (``<calls>``,
 :mod:`sp2dpo.evaluate.calls`): a re-run after a crash, a SIGKILL or a Ctrl-C makes only what is
@@ -43,7 +46,7 @@ from sp2dpo.core import artifacts, runlog
 from sp2dpo.core.config import ConfigError, EvalConfig, TeacherConfig, TrainConfig, flatten
 from sp2dpo.core.sampling import seeded_subset
 from sp2dpo.core.stopping import GracefulStop
-from sp2dpo.evaluate import alpaca, answers, generate, ifeval, judge, suites, winrate
+from sp2dpo.evaluate import alpaca, answers, generate, ifeval, judge, prefeval, suites, winrate
 from sp2dpo.evaluate.arenahard import DEFAULT_PROMPT_DIR as ARENA_HARD_PROMPTS
 from sp2dpo.evaluate.calls import EvalCalls
 from sp2dpo.evaluate.generate import BASE_METHOD as BASE
@@ -182,6 +185,7 @@ def run(
     ifeval_answers: dict[str, dict[Any, str]] = {}
     mt_answers: dict[str, list[tuple[str, str]]] = {}
     ah_answers: dict[str, list[str]] = {}
+    held_out: dict[str, dict[str, Any]] = {}
     timings: dict[str, dict[str, float]] = {method: {} for method in methods}
     by_method: dict[str, Any] = {}
     with EvalCalls(paths.calls) as calls, GracefulStop(f"eval {student.name}") as stopping:
@@ -217,6 +221,16 @@ def run(
                         ah_questions, ah_answers[method], name(method), folder / "arena_hard_answers.jsonl"
                     )
             timings[method]["timing/generation_s"] = time.perf_counter() - started
+            if ecfg.prefeval.enabled and not stopping.stopped:
+                started = time.perf_counter()
+                pe = ecfg.prefeval
+                held_out[method] = prefeval.run(
+                    student.model, adapter, pe.pairs, revision=student.revision,
+                    chat_template=student.chat_template, limit=pe.limit,
+                    max_length=pe.max_length, max_prompt_length=pe.max_prompt_length,
+                    batch_size=pe.batch_size, rounds=pe.rounds, seed=pe.seed, device=None,
+                )
+                timings[method]["timing/prefeval_s"] = time.perf_counter() - started
             gc.collect()
         stopping.raise_if_stopped(_kept(calls, paths.calls))
 
@@ -272,6 +286,8 @@ def run(
         finally:
             annotator.close()
         call_counts = calls.counts()
+    for method, summary in held_out.items():
+        by_method[method]["prefeval"] = summary
 
     report = {
         "student": student.name,
@@ -314,16 +330,19 @@ def run(
 
 #: The suites in the paper's reporting order (AE2 -> MT-Bench -> IFEval -> Arena-Hard-Auto).
 SUITES = ("alpaca_eval", "mt_bench", "ifeval", "arena_hard")
+#: Sections of a method's metrics: the suites, then the held-out preference accuracy.
+METRIC_SECTIONS = (*SUITES, "prefeval")
 
 
 def flat_metrics(entry: dict[str, Any]) -> dict[str, float | None]:
     """The numeric results of one method as flat MLflow metric names (``alpaca_eval/win_rate``;
     an interval ``ci`` as ``ci_low`` and ``ci_high``)."""
     out: dict[str, float | None] = {}
-    for section in SUITES:
+    for section in METRIC_SECTIONS:
         for key, value in (entry.get(section) or {}).items():
-            if key == "ci" and isinstance(value, list) and len(value) == 2:
-                out[f"{section}/ci_low"], out[f"{section}/ci_high"] = map(float, value)
+            if (key == "ci" or key.endswith("_ci")) and isinstance(value, list) and len(value) == 2:
+                stem = "" if key == "ci" else key[: -len("ci")]
+                out[f"{section}/{stem}ci_low"], out[f"{section}/{stem}ci_high"] = map(float, value)
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue

@@ -7,6 +7,7 @@ Inputs: ``reports/eval/<student>.json`` (one per student, from ``eval@<student>`
 - ``reports/eval.md``: the suites in the paper's reporting order: AlpacaEval 2.0 LC and WR per
   student (columns) and method (rows), as in Table 2 of the paper; MT-Bench (turn 1, turn 2,
   overall); IFEval accuracies; Arena-Hard-Auto (score with its 95% interval, verdict labels);
+  then the held-out preference accuracy of ``sp2dpo prefeval`` (no judge);
 - ``reports/eval_plot.csv`` + ``reports/eval_plot.png``: the same numbers as a plot.
 """
 
@@ -77,6 +78,10 @@ def combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for key, _ in IFEVAL_COLUMNS:
                 value = (entry.get("ifeval") or {}).get(key)
                 row[f"ifeval_{key}"] = None if value is None else 100.0 * value
+            pe = entry.get("prefeval") or {}
+            for key in ("n", "accuracy", "accuracy_ci", "mean_margin", "mean_margin_ci",
+                        "likelihood_accuracy"):
+                row[f"prefeval_{key}"] = pe.get(key)
             ah = entry.get("arena_hard") or {}
             row["arena_hard_score"] = ah.get("score")
             row["arena_hard_ci"] = ah.get("ci")
@@ -93,6 +98,10 @@ def combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _any(combined: dict[str, Any], key: str) -> bool:
     """Whether any student's method has a value for ``key``."""
     return any(row.get(key) is not None for data in combined.values() for row in data["methods"].values())
+
+
+def _interval(ci: Any, digits: int = 2) -> str:
+    return "—" if not ci else f"[{_cell(ci[0], digits)}, {_cell(ci[1], digits)}]"
 
 
 def _cell(value: Any, digits: int = 2) -> str:
@@ -156,12 +165,28 @@ def markdown(combined: dict[str, Any]) -> str:
                 row = combined[s]["methods"].get(method)
                 if row is None:
                     continue
-                ci = row.get("arena_hard_ci")
-                interval = "—" if not ci else f"[{_cell(ci[0])}, {_cell(ci[1])}]"
+                interval = _interval(row.get("arena_hard_ci"))
                 verdicts = row.get("arena_hard_verdicts") or {}
                 counts = " / ".join(str(verdicts.get(label, 0)) for label in VERDICT_ORDER) if verdicts else "—"
                 lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | "
                              f"{_cell(row.get('arena_hard_score'))} | {interval} | {counts} |")
+    if _any(combined, "prefeval_accuracy"):
+        lines += ["", "Held-out preference accuracy (`sp2dpo prefeval`: implicit-reward margin against "
+                  "the model without adapter, ties 1/2; likelihood accuracy is reference-free; 95% "
+                  "bootstrap intervals):", ""]
+        lines += ["| Method | Student | pairs | accuracy | 95% CI | mean margin | 95% CI | "
+                  "likelihood acc. |", "|---|---|---:|---:|---|---:|---|---:|"]
+        for method in methods:
+            for s in students:
+                row = combined[s]["methods"].get(method)
+                if row is None or row.get("prefeval_accuracy") is None:
+                    continue
+                lines.append(
+                    f"| {METHOD_LABELS.get(method, method)} | {s} | {row['prefeval_n']} | "
+                    f"{_cell(row['prefeval_accuracy'], 3)} | {_interval(row['prefeval_accuracy_ci'], 3)} | "
+                    f"{_cell(row['prefeval_mean_margin'], 3)} | {_interval(row['prefeval_mean_margin_ci'], 3)} | "
+                    f"{_cell(row['prefeval_likelihood_accuracy'], 3)} |"
+                )
     n = sorted({combined[s]["methods"][m].get("n_total") for s in students for m in combined[s]["methods"]}, key=str)
     lines += ["", f"Judged instructions per model: {', '.join(str(x) for x in n)}."]
     notes = sorted({

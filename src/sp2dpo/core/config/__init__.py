@@ -28,6 +28,7 @@ from sp2dpo.core.config.evaluate import (
     GenerationConfig,
     IFEvalConfig,
     MTBenchConfig,
+    PrefEvalConfig,
 )
 from sp2dpo.core.config.losses import LOSS_SPECS, LossSpec, build_loss_args, loss_spec
 from sp2dpo.core.config.params import (
@@ -77,6 +78,7 @@ __all__ = [
     "MatrixConfig",
     "MethodConfig",
     "Params",
+    "PrefEvalConfig",
     "PromptVariantConfig",
     "PromptsConfig",
     "StudentConfig",

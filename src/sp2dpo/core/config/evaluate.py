@@ -245,6 +245,37 @@ class AnswerServerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrefEvalConfig:
+    """Held-out preference accuracy (``sp2dpo prefeval``): the implicit-reward margin of each
+    evaluated model against the model without adapter on held-out preference pairs."""
+
+    enabled: bool = field(True, "Score the held-out pairs for every evaluated model.")
+    pairs: str = field(
+        "data/evalsets/ultrafeedback/uf_binarized_h4_test_prefs_500.jsonl.gz",
+        "Held-out pairs (canonical table or the Hub layout of ultrafeedback_binarized); the "
+        "offline default is 500 real rows of H4 test_prefs.",
+    )
+    limit: int | None = field(
+        8, "The first N usable pairs in file order (null: all). Offline default: 8."
+    )
+    max_length: int = field(
+        256, "Prompt + completion tokens kept, as training truncates (full runs: 1024)."
+    )
+    max_prompt_length: int = field(128, "Prompt tokens kept (its end), < max_length.")
+    batch_size: int = field(4, "Pairs per forward pass.")
+    rounds: int = field(1000, "Bootstrap resamples of the 95% intervals (0: none).")
+    seed: int = field(42, "Seed of the bootstrap.")
+
+    def __post_init__(self) -> None:
+        _check_limit("prefeval", self.limit)
+        _check_evalsets("prefeval", "pairs", self.pairs)
+        if not 1 <= self.max_prompt_length < self.max_length:
+            raise ConfigError("eval.prefeval: need 1 <= max_prompt_length < max_length")
+        if self.batch_size < 1 or self.rounds < 0:
+            raise ConfigError("eval.prefeval: batch_size >= 1 and rounds >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """The ``eval`` stage: AlpacaEval 2.0 (WR, LC) and IFEval for the base student and each method."""
 
@@ -278,6 +309,7 @@ class EvalConfig:
     ifeval: IFEvalConfig = field(IFEvalConfig(), "IFEval settings.")
     mt_bench: MTBenchConfig = field(MTBenchConfig(), "MT-Bench settings.")
     arena_hard: ArenaHardConfig = field(ArenaHardConfig(), "Arena-Hard-Auto v0.1 settings.")
+    prefeval: PrefEvalConfig = field(PrefEvalConfig(), "Held-out preference accuracy settings.")
 
     def __post_init__(self) -> None:
         if self.methods is not None:

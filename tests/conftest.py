@@ -131,6 +131,20 @@ def free_port() -> int:
 REQUIRE_CAPABILITIES = "SP2DPO_REQUIRE_CAPABILITIES"
 
 
+#: Chromium flags every browser test uses: headless, and nothing that phones home (the network
+#: is closed here). Each test adds its host-resolver rule and window/timing flags.
+CHROMIUM_BASE_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
 def find_chromium() -> str | None:
     """Chromium or Chrome: ``$CHROME_BIN``, else the usual command names on PATH."""
     if os.environ.get("CHROME_BIN"):

@@ -245,6 +245,18 @@ def pairs_frame(modes: list[str], prefix: str = "p"):
     return pd.DataFrame(rows)
 
 
+def varied_reply(body: dict[str, Any]) -> tuple[str, None]:
+    """A ``responder`` whose valid label differs per call (category, magnitude and confidence
+    drawn from the sha256 of the messages), so aggregation settings change the beta schedule."""
+    digest = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).digest()
+    categories = ["Safety", "Factuality", "Instruction", "Reasoning", "Helpfulness", "Style"]
+    return json.dumps({
+        "semantic_gap_category": categories[digest[0] % 6],
+        "semantic_gap_magnitude": round(digest[1] / 255, 2),
+        "semantic_gap_confidence": round(digest[2] / 255, 2),
+    }), None
+
+
 def teacher(server: FaultServer, id: str = "fault", **overrides: Any) -> dict[str, Any]:
     """A teacher entry (params YAML) pointing at ``server``."""
     return {"id": id, "backend": "openai", "preset": "generic", "model": f"{id}-model",

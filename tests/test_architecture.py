@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "core": 1,
     "llm": 2,
     "tracking": 2,
-    **dict.fromkeys(("data", "annotate", "aggregate", "train", "evaluate", "report", "audit"), 3),
+    **dict.fromkeys(("data", "annotate", "aggregate", "train", "evaluate", "report", "audit", "sweep"), 3),
     "cli": 4,
 }
 STAGE_PACKAGES = frozenset(u for u, layer in LAYERS.items() if layer == 3)

@@ -368,3 +368,20 @@ def test_judge_through_transformers_serve(serve):
         assert isinstance(a["raw_completion"], str)  # the answer text: no logprobs came back
     assert summary["n_judge_calls"] == 2
 
+
+
+def test_eval_calls_share_only_through_their_own_live_store(tmp_path, monkeypatch):
+    # A sweep's workers: each has its own eval store; the eval shared store carries the records
+    # between them, and the teachers' shared store is never read or written by eval.
+    from sp2dpo.evaluate.calls import SHARED_ENV, EvalCalls
+
+    teachers_shared = tmp_path / "teacher-shared"
+    monkeypatch.setenv("SP2DPO_SHARED_CALLS", str(teachers_shared))
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path / "eval-shared"))
+    with EvalCalls(tmp_path / "worker1") as first:
+        first.put("k1", "judge", {"status": "ok", "text": "A"})
+    second = EvalCalls(tmp_path / "worker2")
+    assert second.get("k1")["text"] == "A" and second.counts()["reused"] == {"judge": 1}
+    assert not teachers_shared.exists()
+    monkeypatch.delenv(SHARED_ENV)
+    assert EvalCalls(tmp_path / "worker3").get("k1") is None

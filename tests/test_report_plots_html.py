@@ -24,7 +24,7 @@ from dvc_render.base import Renderer
 
 from sp2dpo import cli
 from sp2dpo.report import plots_html
-from tests.conftest import ROOT, copy_project, find_chromium, run
+from tests.conftest import CHROMIUM_BASE_FLAGS, ROOT, copy_project, find_chromium, run
 
 DVC = str(Path(sys.executable).parent / "dvc")
 PYTHON = sys.executable
@@ -122,17 +122,11 @@ def test_dvc_placeholder_inside_a_build_is_refused():
 
 # -- the real render ---------------------------------------------------------------------------
 
-#: Chromium flags: headless, and nothing that phones home (the network is closed here).
+#: Chromium flags: headless, nothing that phones home, and no host resolves (a CDN script
+#: cannot load).
 CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND",  # no host resolves: a CDN script cannot load
+    *CHROMIUM_BASE_FLAGS,
+    "--host-resolver-rules=MAP * ~NOTFOUND",
     "--virtual-time-budget=10000",
 )
 

@@ -53,6 +53,87 @@ def test_tracking_uri_default_and_env(tmp_path, monkeypatch):
     assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:9"
 
 
+def test_store_root_is_the_workspace_dvc_runs_the_experiment_from(tmp_path, monkeypatch):
+    # A queued experiment runs in a temporary clone; DVC_ROOT names the originating workspace.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "temp" / ".git").mkdir(parents=True)
+    (tmp_path / "workspace").mkdir()
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking.tracking_uri(tmp_path / "temp") == f"sqlite:///{(tmp_path / 'temp').resolve()}/mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "workspace"))
+    assert tracking.tracking_uri(tmp_path / "temp") == f"sqlite:///{(tmp_path / 'workspace').resolve()}/mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "gone"))  # not a folder: ignored
+    assert tracking.store_root(tmp_path / "temp") == (tmp_path / "temp").resolve()
+
+
+def test_experiment_kind_and_dataset_inputs(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    pairs = pd.DataFrame({"prompt_id": ["a", "b", "c"], "prompt": ["x", "y", "z"]})
+    beta = pd.DataFrame({"prompt_id": ["a", "b"], "beta_annotators_mean_ens": [0.05, 0.3]})
+    refs = [tracking.DatasetRef("pairs", "data/pairs/filtered.parquet", pairs, "1" * 64),
+            tracking.DatasetRef("beta", "data/beta/beta.csv", beta, "ab" * 32)]
+    with tracking.start_run("s-m", {}, {"method": "m"}, root=tmp_path, experiment="kind") as tr:
+        tr.log_datasets(refs)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("kind")
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    inputs = {i.dataset.name: i for i in client.get_run(tr.run_id).inputs.dataset_inputs}
+    assert set(inputs) == {"pairs", "beta"}
+    assert inputs["beta"].dataset.digest == ("ab" * 32)[: tracking.DIGEST_CHARS]
+    tags = {t.key: t.value for t in inputs["beta"].tags}
+    assert tags["sha256"] == "ab" * 32 and tags["mlflow.data.context"] == "training"
+    assert json.loads(inputs["pairs"].dataset.profile)["num_rows"] == 3
+    assert "data/pairs/filtered.parquet" in inputs["pairs"].dataset.source
+    # An experiment made before kinds existed gets the kind on its next run.
+    client.delete_experiment_tag(experiment.experiment_id, tracking.EXPERIMENT_KIND_TAG)
+    with tracking.start_run("s-m", {}, {"method": "m"}, root=tmp_path, experiment="kind"):
+        pass
+    assert client.get_experiment_by_name("kind").tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    mlflow.set_tracking_uri(None)
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from sp2dpo import tracking
+name, steps = sys.argv[1], int(sys.argv[2])
+with tracking.start_run(name, {f"p{i}": i for i in range(20)}, {"method": name}, root=Path.cwd()) as tr:
+    for step in range(steps):
+        tr.log_metrics({"loss": step / steps, "other": float(step)}, step=step)
+        tr.set_tags({"last_step": str(step)})
+print(tr.run_id)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_parallel_writers_share_one_sqlite_store(tmp_path):
+    # Two processes (as two DVC queue workers) create the store and log to it at once: each
+    # run keeps every param, metric step and tag; neither sees "database is locked".
+    (tmp_path / ".git").mkdir()
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    env = {k: v for k, v in tool_env().items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    steps = 40
+    procs = [subprocess.Popen([sys.executable, str(script), f"w{i}", str(steps)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for proc, (_, err) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for i, (out, _) in enumerate(outs):
+        run_ = client.get_run(out.strip().splitlines()[-1])
+        assert run_.info.run_name == f"w{i}" and run_.info.status == "FINISHED"
+        assert len(run_.data.params) == 21 and run_.data.tags["last_step"] == str(steps - 1)
+        history = client.get_metric_history(run_.info.run_id, "loss")
+        assert sorted(m.step for m in history) == list(range(steps))
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    assert len(client.search_runs([experiment.experiment_id])) == 2
+
+
 def test_start_run_logs_pinned_params_and_tags(tmp_path, monkeypatch):
     import mlflow
 

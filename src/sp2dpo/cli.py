@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sp2dpo import aggregate, annotate, audit, data, evaluate, report
+from sp2dpo import aggregate, annotate, audit, data, evaluate, report, tracking
 from sp2dpo.core import artifacts, config
 from sp2dpo.core.entry import guarded, print_json, setup_logging
 from sp2dpo.evaluate import arenahard, ifeval, mtbench, prefeval, winrate
@@ -564,6 +564,96 @@ def _add_prefeval(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_prefeval)
 
 
+# ------------------------------------------------------------------------------ sweep (APO)
+
+
+def _sweep_config(args: argparse.Namespace) -> config.SweepConfig:
+    return _params(args.params, ["sweep"]).sweep
+
+
+def _cmd_sweep_run(args: argparse.Namespace) -> None:
+    from sp2dpo import sweep
+
+    cfg = _sweep_config(args)
+    sweep.run_sweep(cfg, jobs=args.jobs, wait=not args.no_wait, timeout_s=args.timeout)
+    if not args.no_wait and not args.no_select:
+        _select(cfg, args)
+
+
+def _select(cfg: config.SweepConfig, args: argparse.Namespace) -> int:
+    import json as _json
+    import subprocess
+
+    from sp2dpo import sweep
+    from sp2dpo.sweep import track
+
+    show = subprocess.run(["dvc", "exp", "show", "--json", *(["-A"] if args.all_commits else [])],
+                          capture_output=True, text=True, timeout=600)
+    if show.returncode != 0:
+        raise sweep.SweepError(f"sweep: `dvc exp show --json` failed: {show.stderr.strip()[-500:]}")
+    trials = sweep.read_trials(_json.loads(show.stdout or "[]"), cfg, sweep.git_reader())
+    selection = sweep.select(trials, cfg)
+    out = Path(args.out) if args.out else Path("reports/sweep") / cfg.name
+    written = sweep.write_report(selection, out)
+    if not args.no_track:
+        logged = track.log_sweep(selection, report=out)
+        print(f"MLflow: parent run {logged['parent']} with {len(logged['children'])} child run(s) "
+              f"in experiment {track.SWEEP_EXPERIMENT}; after `mlflow ui`, open "
+              + tracking.ui_url("http://127.0.0.1:5000", logged["experiment_id"]))
+    print(sweep.markdown(selection), end="")
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    if args.apply:
+        if selection.best is None:
+            raise sweep.SweepError(f"sweep {cfg.name!r}: no experiment has a score; nothing to apply")
+        done = subprocess.run(["dvc", "exp", "apply", selection.best.name],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise sweep.SweepError(f"`dvc exp apply {selection.best.name}` failed: {done.stderr.strip()[-500:]}")
+        print(f"applied {selection.best.name} (lambda*) to the workspace: `dvc status` / `git diff` show it")
+    return 0
+
+
+def _cmd_sweep_select(args: argparse.Namespace) -> int:
+    return _select(_sweep_config(args), args)
+
+
+def _add_select_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="selection report folder (default: reports/sweep/<sweep.name>)")
+    p.add_argument("--all-commits", action="store_true",
+                   help="look for the sweep's experiments on every commit (`dvc exp show -A`), not "
+                   "only those of the workspace's baseline")
+    p.add_argument("--apply", action="store_true",
+                   help="apply lambda* to the workspace (`dvc exp apply <best experiment>`)")
+    p.add_argument("--no-track", action="store_true", help="do not log the sweep to MLflow")
+
+
+def _add_sweep(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "sweep", help="the APO outer loop: sweep process variables through DVC's queue, select lambda*",
+        description="`run` queues every setting of params `sweep.variables` as a DVC experiment "
+        "(`dvc exp run --queue -S key=value`), starts `sweep.jobs` workers (`dvc queue start`), waits "
+        "and selects; `select` reads the finished experiments (`dvc exp show --json`), writes the "
+        "selection report (lambda* with its interval, every setting side by side, a plot per swept "
+        "variable, best vs runner-up) and logs the sweep to MLflow (a parent run, one child per "
+        "experiment).",
+    )
+    sweep_sub = p.add_subparsers(dest="sweep_command", required=True)
+    r = sweep_sub.add_parser("run", help="queue the sweep's experiments, run them with N workers, wait, select")
+    _add_params(r, "`sweep`")
+    r.add_argument("-j", "--jobs", type=int, default=None, help="queue workers (default: sweep.jobs)")
+    r.add_argument("--no-wait", action="store_true", help="return once the workers are started")
+    r.add_argument("--no-select", action="store_true", help="do not run `select` after the sweep")
+    r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop waiting after this long (the queue keeps running)")
+    _add_select_args(r)
+    r.set_defaults(func=_cmd_sweep_run)
+    s = sweep_sub.add_parser("select", help="lambda* from the sweep's finished experiments")
+    _add_params(s, "`sweep`")
+    _add_select_args(s)
+    s.set_defaults(func=_cmd_sweep_select)
+
+
 # ------------------------------------------------------------------------------ params, plots
 
 
@@ -625,6 +715,7 @@ PARSERS: list[Callable[[Subparsers], None]] = [
     _add_arenahard,
     _add_mtbench,
     _add_prefeval,
+    _add_sweep,
     _add_params_cmd,
     _add_plots_template,
 ]

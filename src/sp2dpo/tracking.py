@@ -1,7 +1,20 @@
 """MLflow tracking: one run per (student, method), with every process variable that produced it.
 
-- Tracking URI: ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo root>/mlflow.db`` with a
-  local artifact store ``<repo root>/mlartifacts``.
+- Tracking URI: ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<root>/mlflow.db`` with a local
+  artifact store ``<root>/mlartifacts``, where ``<root>`` is ``$DVC_ROOT`` when DVC runs the stage
+  (for a queued or temporary experiment DVC sets it to the workspace the experiment came from, so
+  every worker of a sweep logs to the one store the user opens) and the git repository root else.
+- Parallel writers: every read and write of a sqlite store holds a file lock beside it
+  (``mlflow.db.lock``), so parallel DVC queue workers never interleave or lose a record (sqlite
+  itself answers a second writer with "database is locked", and two first-time schema creations
+  race).
+- Experiments are created with the MLflow 3 experiment kind of model training
+  (``mlflow.experimentKind`` = ``custom_model_development``). The MLflow 3.17 UI chooses its
+  landing page from its "GenAI / Model training" switch instead: a link with
+  ``?workflowType=machine_learning`` (:func:`ui_url`) opens the runs table.
+- Inputs: a training run logs the pairs table and the beta artifact as MLflow datasets
+  (:meth:`Tracker.log_datasets`: name, source path, digest = the file's sha256 prefix, the full
+  sha256 as an input tag), which fills the UI's dataset column.
 - Params: the pinned ones (``method``, ``student``, ``beta_column``, ``beta_artifact_sha256``) and
   the flattened ``params.yaml`` (``config.flatten``), after :func:`scrub`.
 - Tags: ``git_commit`` (``HEAD``, plus ``git_dirty``) and, inside ``dvc exp run``, ``dvc_exp``
@@ -13,15 +26,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sp2dpo.core import artifacts
+from sp2dpo.core.locks import FileLock
 
 #: MLflow experiment of the training runs.
 EXPERIMENT = "sp2dpo-train"
@@ -29,6 +44,12 @@ EXPERIMENT = "sp2dpo-train"
 REDACTED = "***"
 #: MLflow's limit on a param value.
 _MAX_PARAM_CHARS = 6000
+#: Experiment tag of MLflow 3's experiment kind, and the kind of model training (the UI's
+#: "machine learning" experiments open on the runs table, not on traces).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: Characters of the file sha256 used as an MLflow dataset digest (the store keeps 36 at most).
+DIGEST_CHARS = 16
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)s?$", re.IGNORECASE)
 _SECRET_VALUE = re.compile(
@@ -46,12 +67,66 @@ def repo_root(start: str | Path = ".") -> Path:
     return start
 
 
+def store_root(root: str | Path = ".") -> Path:
+    """Where the default MLflow store lives: ``$DVC_ROOT`` (set by DVC for every stage; the
+    originating workspace for queued and temporary experiments) if it exists, else the git
+    repository root above ``root``."""
+    env = os.environ.get("DVC_ROOT")
+    if env and Path(env).is_dir():
+        return Path(env).resolve()
+    return repo_root(root)
+
+
 def tracking_uri(root: str | Path = ".") -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db``."""
+    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<store root>/mlflow.db``."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{repo_root(root) / 'mlflow.db'}"
+    return f"sqlite:///{store_root(root) / 'mlflow.db'}"
+
+
+#: One lock object per sqlite store in this process, so nested uses are reentrant.
+_STORE_LOCKS: dict[str, FileLock] = {}
+
+
+def store_lock(uri: str) -> contextlib.AbstractContextManager[Any]:
+    """The inter-process lock of a sqlite tracking store (``<db>.lock``; reentrant within the
+    process); a no-op for a tracking server, which serialises writes itself."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    path = str(Path(uri[len("sqlite:///"):]).resolve()) + ".lock"
+    return _STORE_LOCKS.setdefault(path, FileLock(path))
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI address of an experiment's runs table (``base``: e.g. http://127.0.0.1:5000)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def ensure_experiment(name: str, root: str | Path = ".") -> str:
+    """The id of experiment ``name`` (created if missing, with the default artifact store and the
+    model-training experiment kind; an existing one without a kind gets it). Call under
+    :func:`store_lock`."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(root)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            location = (store_root(root) / "mlartifacts").as_uri()
+        try:
+            return client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        except Exception:  # created meanwhile by a process that does not take our lock
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def git_commit(root: str | Path = ".") -> tuple[str, bool]:
@@ -105,32 +180,68 @@ def scrub(params: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
     return out
 
 
-class Tracker:
-    """A thin handle on the active MLflow run (what the trainer needs)."""
+@dataclasses.dataclass(frozen=True)
+class DatasetRef:
+    """A file a run consumed, logged as an MLflow dataset input.
 
-    def __init__(self, run: Any) -> None:
+    Args:
+        name: the dataset's name in the UI (``pairs``, ``beta``).
+        path: the file (its path relative to the repository is the dataset's source).
+        frame: the table as the run read it (MLflow records its schema and row count).
+        sha256: the file's sha256 (its prefix is the dataset digest; the whole one an input tag).
+        context: the input's role (``training``).
+    """
+
+    name: str
+    path: str
+    frame: Any
+    sha256: str
+    context: str = "training"
+
+
+class Tracker:
+    """A thin handle on the active MLflow run (what the trainer needs); every call holds the
+    store's lock."""
+
+    def __init__(self, run: Any, lock: contextlib.AbstractContextManager[Any] | None = None) -> None:
         self.run = run
         self.run_id: str = run.info.run_id
+        self._lock = lock if lock is not None else contextlib.nullcontext()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
 
-        mlflow.log_metrics({_metric_key(k): float(v) for k, v in metrics.items()}, step=step)
+        with self._lock:
+            mlflow.log_metrics({_metric_key(k): float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifacts(self, folder: str | Path, artifact_path: str) -> None:
         import mlflow
 
-        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+        with self._lock:
+            mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         import mlflow
 
-        mlflow.log_dict(obj, artifact_file)
+        with self._lock:
+            mlflow.log_dict(obj, artifact_file)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         import mlflow
 
-        mlflow.set_tags(dict(tags))
+        with self._lock:
+            mlflow.set_tags(dict(tags))
+
+    def log_datasets(self, inputs: Sequence[DatasetRef]) -> None:
+        """Log each file as a dataset input (name, source, digest, schema, rows; sha256 tag)."""
+        import mlflow
+
+        with self._lock:
+            for ref in inputs:
+                dataset = mlflow.data.from_pandas(
+                    ref.frame, source=ref.path, name=ref.name, digest=ref.sha256[:DIGEST_CHARS]
+                )
+                mlflow.log_input(dataset, context=ref.context, tags={"sha256": ref.sha256})
 
 
 def _metric_key(key: str) -> str:
@@ -167,23 +278,25 @@ def start_run(
     import mlflow
 
     uri = tracking_uri(root)
+    lock = store_lock(uri)
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location = None
-        if "MLFLOW_TRACKING_URI" not in os.environ or not os.environ["MLFLOW_TRACKING_URI"]:
-            location = (repo_root(root) / "mlartifacts").as_uri()
-        with contextlib.suppress(Exception):  # created concurrently by another run
-            mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment)
     commit, dirty = git_commit(repo_root(root))
     all_tags = {"git_commit": commit, "git_dirty": str(dirty).lower(), **(tags or {})}
     exp_name = dvc_experiment()
     if exp_name:
         all_tags["dvc_exp"] = exp_name
     params = scrub({**dict(flat_params), **dict(pinned)})
-    with mlflow.start_run(run_name=run_name, tags=all_tags) as active:
+    with lock:
+        experiment_id = ensure_experiment(experiment, root)
+        active = mlflow.start_run(run_name=run_name, tags=all_tags, experiment_id=experiment_id)
         mlflow.log_params({k: _param_value(v) for k, v in params.items()})
-        yield Tracker(active)
+    status = "FAILED"
+    try:
+        yield Tracker(active, lock)
+        status = "FINISHED"
+    finally:
+        with lock:
+            mlflow.end_run(status)
 
 
 #: MLflow experiment of evaluation runs that have no training run (the base student).
@@ -207,20 +320,22 @@ def find_training_run(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri(root))
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None or not adapter_sha:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=(
-            f"tags.adapter_sha256 = '{adapter_sha}' and params.student = '{student}' "
-            f"and params.method = '{method}'"
-        ),
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    with store_lock(uri):
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is None or not adapter_sha:
+            return None
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=(
+                f"tags.adapter_sha256 = '{adapter_sha}' and params.student = '{student}' "
+                f"and params.method = '{method}'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
     return runs[0].info.run_id if runs else None
 
 
@@ -257,12 +372,14 @@ def log_eval(
     if run_id is None:
         with start_run(run_name, flat_params, pinned, root=root, experiment=EVAL_EXPERIMENT) as tracker:
             run_id = tracker.run_id
-    client = MlflowClient(tracking_uri(root))
+    uri = tracking_uri(root)
+    client = MlflowClient(uri)
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(values.items())])
-    exp_name = dvc_experiment()
-    if exp_name:
-        client.set_tag(run_id, "eval_dvc_exp", exp_name)
-    for artifact_path, path in (artifacts or {}).items():
-        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    with store_lock(uri):
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(values.items())])
+        exp_name = dvc_experiment()
+        if exp_name:
+            client.set_tag(run_id, "eval_dvc_exp", exp_name)
+        for artifact_path, path in (artifacts or {}).items():
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
     return run_id

@@ -14,21 +14,11 @@ import pytest
 import yaml
 
 from tests.conftest import copy_project, run
-from tests.fault_server import FaultServer, teacher
+from tests.fault_server import FaultServer, teacher, varied_reply
 
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-
-
-def _varied_reply(body: dict) -> tuple[str, None]:
-    digest = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).digest()
-    categories = ["Safety", "Factuality", "Instruction", "Reasoning", "Helpfulness", "Style"]
-    return json.dumps({
-        "semantic_gap_category": categories[digest[0] % 6],
-        "semantic_gap_magnitude": round(digest[1] / 255, 2),
-        "semantic_gap_confidence": round(digest[2] / 255, 2),
-    }), None
 
 
 def _wait_for_queue(repo: Path, timeout: float = 420) -> None:
@@ -45,7 +35,7 @@ def _wait_for_queue(repo: Path, timeout: float = 420) -> None:
 def test_queued_downstream_experiments_make_no_teacher_call(tmp_path):
     repo = copy_project(tmp_path / "repo")
     run([DVC, "pull", "-q", "data.dvc"], cwd=repo)
-    with FaultServer(responder=_varied_reply) as server:
+    with FaultServer(responder=varied_reply) as server:
         params = yaml.safe_load((repo / "params.yaml").read_text())
         params["teachers"] = [teacher(server, id="api", max_concurrency=4)]
         params["annotate"].update(max_pairs=4, progress=False)

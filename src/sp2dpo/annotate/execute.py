@@ -4,6 +4,13 @@ call appended to the call store at once, a progress bar with the running cost.
 Stopping: SIGINT (Ctrl-C) and SIGTERM stop new calls from starting; the calls in flight finish
 and are stored (a reply is paid for: it is never asked again), whatever further signals arrive;
 then :class:`sp2dpo.core.stopping.Interrupted` ends the stage with one line. Only SIGKILL loses calls in flight.
+
+Concurrent runs on one store (or one shared store) never make a call twice: a worker claims a
+call's key in the store before making it (:meth:`CallStore.try_claim`; a key another run holds
+is put aside and waited for once the rest is done), then looks at what the store gained since
+the plan (:meth:`CallStore.fresh`). A final record another run made meanwhile is used as is
+(counted as cached, copied into this run's store when found only in the shared one); a
+transient failure is asked again. The record is appended before the claim is released.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from sp2dpo.annotate.plan import CallSpec, pair_sha256
+from sp2dpo.annotate.plan import CallSpec, is_done, pair_sha256
 from sp2dpo.annotate.prompts import Variant, messages_sha256
 from sp2dpo.core.stopping import Interrupted, handle_signals
 from sp2dpo.llm.callstore import LOG_VERSION, CallStore
@@ -38,6 +45,7 @@ class _Progress:
         self.ok = self.failed = 0
         self.cost = 0.0
         self.made: Counter[str] = Counter()
+        self.reused: Counter[str] = Counter()
         self.bar = tqdm(total=total, desc="annotate", unit="call", disable=not enabled or total == 0,
                         file=sys.stderr, dynamic_ncols=True)
 
@@ -50,6 +58,12 @@ class _Progress:
                 self.failed += 1
             self.cost += cost
             self.bar.set_postfix(ok=self.ok, failed=self.failed, cost=f"${self.cost:.4f}", refresh=False)
+            self.bar.update(1)
+
+    def reuse(self, teacher: str) -> None:
+        """A call another run made meanwhile (found in the store, not made)."""
+        with self.lock:
+            self.reused[teacher] += 1
             self.bar.update(1)
 
     def close(self) -> None:
@@ -163,37 +177,61 @@ def execute(
             log.warning("%s again: still waiting for %d call(s) in flight; they are paid for and "
                         "will be stored (each ends within decoding.timeout_s)", name, in_flight[0])
 
-    def worker(ti: int, queue: list[CallSpec], lock: threading.Lock) -> None:
+    def claim_next(queue: list[CallSpec], waiting: list[CallSpec], lock: threading.Lock) -> CallSpec | None:
+        """The next call whose key this worker could claim; None when none is left or on stop.
+        A key another run holds is put aside, and tried again once the queue is empty."""
+        while not stop.is_set():
+            with lock:
+                if queue:
+                    spec, held_elsewhere = queue.pop(), False
+                elif waiting:
+                    spec, held_elsewhere = waiting.pop(0), True
+                else:
+                    return None
+            if store.try_claim(spec.key):
+                return spec
+            with lock:
+                waiting.append(spec)
+            if held_elsewhere:
+                stop.wait(0.02)  # only keys other runs are making are left: look again soon
+        return None
+
+    def worker(ti: int, queue: list[CallSpec], waiting: list[CallSpec], lock: threading.Lock) -> None:
         teacher = teachers[ti]
         try:
-            while not stop.is_set():
-                with lock:
-                    if not queue:
-                        return
-                    spec = queue.pop()
-                pair = rows[spec.row]
-                variant = variants[spec.variant]
-                if spec.max_chars is None:
-                    messages, truncated = variant.render(pair.prompt, pair.chosen, pair.rejected), False
-                else:
-                    messages, truncated = variant.render_within(
-                        pair.prompt, pair.chosen, pair.rejected, spec.max_chars
-                    )
-                with in_flight_lock:
-                    in_flight[0] += 1
+            while (spec := claim_next(queue, waiting, lock)) is not None:
                 try:
-                    result = teacher.judge(messages, stop)
-                finally:
+                    # Made by another run since the plan? (A transient failure is asked again.)
+                    done = [r for r in store.fresh(spec.key) if is_done(r, set())]
+                    if done:
+                        store.adopt(done[-1])
+                        bar.reuse(teacher.cfg.id)
+                        continue
+                    pair = rows[spec.row]
+                    variant = variants[spec.variant]
+                    if spec.max_chars is None:
+                        messages, truncated = variant.render(pair.prompt, pair.chosen, pair.rejected), False
+                    else:
+                        messages, truncated = variant.render_within(
+                            pair.prompt, pair.chosen, pair.rejected, spec.max_chars
+                        )
                     with in_flight_lock:
-                        in_flight[0] -= 1
-                if result is None:  # stopped before any attempt ended: nothing paid, redone later
-                    return
-                content = contents.get(spec.row) or pair_sha256(pair.prompt, pair.chosen, pair.rejected)
-                contents[spec.row] = content
-                sig = sigs[ti] if spec.max_chars is None else {**sigs[ti], "max_input_chars": spec.max_chars}
-                record = _record(spec, pair, teacher, variant, messages, sig, content, result)
-                record["truncated"] = truncated
-                store.append(record)
+                        in_flight[0] += 1
+                    try:
+                        result = teacher.judge(messages, stop)
+                    finally:
+                        with in_flight_lock:
+                            in_flight[0] -= 1
+                    if result is None:  # stopped before any attempt ended: nothing paid, redone later
+                        return
+                    content = contents.get(spec.row) or pair_sha256(pair.prompt, pair.chosen, pair.rejected)
+                    contents[spec.row] = content
+                    sig = sigs[ti] if spec.max_chars is None else {**sigs[ti], "max_input_chars": spec.max_chars}
+                    record = _record(spec, pair, teacher, variant, messages, sig, content, result)
+                    record["truncated"] = truncated
+                    store.append(record)
+                finally:
+                    store.release(spec.key)  # after the append: the next holder finds the record
                 if timings is not None:
                     timings.append(_timing(spec, teacher, variant, result))
                 bar.update(teacher.cfg.id, result.status, record["cost_usd"])
@@ -205,9 +243,10 @@ def execute(
     for ti, specs in by_teacher.items():
         queue = list(reversed(specs))  # pop() from the end keeps pair-major order
         lock = threading.Lock()
+        waiting: list[CallSpec] = []
         workers = 1 if teachers[ti].cfg.backend == "local" else min(teachers[ti].cfg.max_concurrency, len(specs))
         for _ in range(workers):
-            thread = threading.Thread(target=worker, args=(ti, queue, lock), daemon=True)
+            thread = threading.Thread(target=worker, args=(ti, queue, waiting, lock), daemon=True)
             thread.start()
             threads.append(thread)
     try:
@@ -222,10 +261,10 @@ def execute(
         raise (auth or errors)[0]
     if received:
         name = signal.Signals(received[0]).name
-        made = sum(bar.made.values())
+        made, reused = sum(bar.made.values()), sum(bar.reused.values())
         raise Interrupted(
             f"annotate stopped by {name}: {made} call(s) made now are stored in {store.path}, "
-            f"{len(todo) - made} not made; re-run to continue (stored calls are never made again)",
+            f"{len(todo) - made - reused} not made; re-run to continue (stored calls are never made again)",
             received[0],
         )
     return bar.made

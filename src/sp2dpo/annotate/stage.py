@@ -160,12 +160,19 @@ def run(
             runlog.write(paths.run_log, {"stage": "annotate", "completed": completed, **counts,
                                          "latency_s": latency_summary(timings), "calls": timings})
 
+    # Final records this run needs that only the shared store holds: copied into the run's own
+    # store, which stays self-contained (a re-run without the shared store calls nothing).
+    borrowed = [records[s.key] for s in specs
+                if s.key in records and is_done(records[s.key], redo) and not store.holds(records[s.key])]
     store.ensure()
-    if todo:
+    if todo or borrowed:
         try:
             with store:
-                made = execute(todo, pairs, backends, variants, store, progress=settings.progress,
-                               timings=timings)
+                for record in borrowed:
+                    store.adopt(record)
+                if todo:
+                    made = execute(todo, pairs, backends, variants, store, progress=settings.progress,
+                                   timings=timings)
         except BaseException:
             if timings:  # what the stopped run measured
                 log_run(False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -98,6 +99,12 @@ def answer_key(
     })
 
 
+#: Environment variable naming a live eval call store shared by concurrent runs (read, and every
+#: new record also appended there); ``sp2dpo sweep run`` sets it for its queue workers, so the
+#: base student's answers and judge calls are made once per sweep, not once per experiment.
+SHARED_ENV = "SP2DPO_SHARED_EVAL_CALLS"
+
+
 class EvalCalls:
     """The eval call store: :meth:`get` a final record, :meth:`put` a new one.
 
@@ -110,7 +117,10 @@ class EvalCalls:
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path is not None else None
-        self._store = CallStore(self.path) if self.path is not None else None
+        # The teachers' live shared store (SP2DPO_SHARED_CALLS) is not ours: eval calls share
+        # only through their own (SHARED_ENV), e.g. between a sweep's parallel workers.
+        shared = os.environ.get(SHARED_ENV) or ""
+        self._store = CallStore(self.path, shared=shared) if self.path is not None else None
         self.records: dict[str, dict[str, Any]] = self._store.read() if self._store else {}
         self.skipped_lines = self._store.skipped_lines if self._store else 0
         self.reused: Counter[str] = Counter()

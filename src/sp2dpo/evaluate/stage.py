@@ -24,7 +24,9 @@ Results are reported in the paper's order: AlpacaEval 2.0, MT-Bench, IFEval, Are
 
 Outputs, per method: ``<outputs>/<method>/{model_outputs.json, annotations.json, ifeval.jsonl,
 mt_bench_answers.jsonl, mt_bench_judgments.jsonl, arena_hard_answers.jsonl,
-arena_hard_judgments.jsonl}`` (the official files' layouts);
+arena_hard_judgments.jsonl}`` (the official files' layouts) and ``prefeval.jsonl`` (the held-out
+pairs' log-probs, log-ratios and margins, one line per pair); each suite can be switched off
+(``eval.<suite>.enabled``), e.g. for a sweep that selects by the held-out metric alone;
 for the student: the report (``reports/eval/<student>.json`` in the pipeline: DVC metrics, nothing
 that changes between identical runs). Metrics also go to MLflow: into the training run of the
 adapter (found by the adapter's hash), or a run of their own for the base student. Wall-clock
@@ -162,7 +164,7 @@ def run(
     ae = ecfg.alpaca_eval
     reference_path = Path(ae.reference_outputs)
     reference = alpaca.read_model_outputs(reference_path)
-    items = select_instructions(reference, ae.limit, ae.seed)
+    items = select_instructions(reference, ae.limit, ae.seed) if ae.enabled else []
     prompts = (
         ifeval.load_prompts(ecfg.ifeval.input, ecfg.ifeval.limit, ecfg.ifeval.seed)
         if ecfg.ifeval.enabled
@@ -197,14 +199,16 @@ def run(
             started = time.perf_counter()
             adapter = None if method == BASE else paths.adapter(method)
             folder = paths.method_outputs(method)
+            folder.mkdir(parents=True, exist_ok=True)
             with answers.open_answerer(student, method, adapter, ecfg.server, calls) as answerer:
 
                 def answer(turns: list[list[str]], cap: int, a: Any = answerer) -> list[list[str]]:
                     return a.answer(turns, gen, cap)
 
-                texts = answerer.answer_instructions([i["instruction"] for i in items], gen)
-                answers_by[method] = generate.model_outputs(items, texts, name(method))
-                alpaca.write_model_outputs(answers_by[method], folder / "model_outputs.json")
+                if items:
+                    texts = answerer.answer_instructions([i["instruction"] for i in items], gen)
+                    answers_by[method] = generate.model_outputs(items, texts, name(method))
+                    alpaca.write_model_outputs(answers_by[method], folder / "model_outputs.json")
                 if mt_questions:
                     mt_answers[method] = suites.answer_mt_bench(mtb, mt_questions, answer)
                     suites.write_mt_bench_answers(
@@ -229,6 +233,7 @@ def run(
                     chat_template=student.chat_template, limit=pe.limit,
                     max_length=pe.max_length, max_prompt_length=pe.max_prompt_length,
                     batch_size=pe.batch_size, rounds=pe.rounds, seed=pe.seed, device=None,
+                    out=folder / "prefeval.jsonl",
                 )
                 timings[method]["timing/prefeval_s"] = time.perf_counter() - started
             gc.collect()
@@ -244,8 +249,9 @@ def run(
             judge_cfg, judge_decoding, seed=ae.seed, prompts_dir=paths.judge_prompts, calls=calls
         )
         local = (lambda: annotator.backend.scorer) if judge_cfg.backend == "local" else None  # type: ignore[union-attr]
+        by_method.update({method: {} for method in methods})
         try:
-            for method in methods:
+            for method in methods if items else ():
                 annotations, judge_summary = judge.annotate_pairs(
                     annotator, items, answers_by[method], seed=ae.seed, stop=stopping.stop
                 )
@@ -300,9 +306,10 @@ def run(
             "model": judge_cfg.model,
             "is_teacher": bool(judge_warning),
         },
-        "length_controlled_method": by_method[methods[0]]["alpaca_eval"]["length_controlled_method"],
-        "suites": [s for s in SUITES if s == "alpaca_eval" or any(s in e for e in by_method.values())],
+        "suites": [s for s in SUITES if any(s in e for e in by_method.values())],
     }
+    if items:
+        report["length_controlled_method"] = by_method[methods[0]]["alpaca_eval"]["length_controlled_method"]
     artifacts.write_json(report, paths.report)
     if paths.run_log is not None:
         runlog.write(paths.run_log, {"stage": "eval", "student": student.name, "timings": timings,
@@ -322,7 +329,8 @@ def run(
                 adapter_sha=sha,
                 flat_params=flat,
                 pinned={"method": method, "student": student.name, "stage": "eval"},
-                artifacts={"eval": paths.method_outputs(method)},
+                artifacts={"eval": paths.method_outputs(method)}
+                if any(paths.method_outputs(method).iterdir()) else None,
             )
             log.info("eval %s-%s logged to MLflow run %s", student.name, method, run_id)
     return report

@@ -110,14 +110,11 @@ def _cell(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def markdown(combined: dict[str, Any]) -> str:
-    """Table 2 (LC and WR per student) and the IFEval table, as markdown."""
-    students = list(combined)
-    methods = method_order({m for s in students for m in combined[s]["methods"]})
-    lines = ["# Evaluation results", ""]
+def _alpaca_table(combined: dict[str, Any], students: list[str], methods: list[str]) -> list[str]:
+    """Table 2: AlpacaEval 2.0 LC and WR per student, with the judge and the LC method."""
     lc_notes = sorted({str(combined[s]["length_controlled_method"]) for s in students})
     judges = sorted({str(combined[s]["judge"]) for s in students})
-    lines += [
+    lines = [
         "AlpacaEval 2.0: length-controlled win rate (LC%) and raw win rate (WR%) against the "
         "gpt4_1106_preview reference, judged by " + ", ".join(f"`{j}`" for j in judges) + ".",
         "LC method: " + ", ".join(f"`{n}`" for n in lc_notes)
@@ -133,6 +130,16 @@ def markdown(combined: dict[str, Any]) -> str:
             row = combined[s]["methods"].get(method, {})
             cells += [_cell(row.get("length_controlled_winrate")), _cell(row.get("win_rate"))]
         lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(combined: dict[str, Any]) -> str:
+    """Table 2 (LC and WR per student) and the IFEval table, as markdown."""
+    students = list(combined)
+    methods = method_order({m for s in students for m in combined[s]["methods"]})
+    lines = ["# Evaluation results", ""]
+    if _any(combined, "win_rate"):
+        lines += _alpaca_table(combined, students, methods)
     if _any(combined, "mt_bench_score"):
         lines += ["", "MT-Bench (single-answer grading 1-10, FastChat's templates; mean over the "
                   "judged turns):", ""]
@@ -144,16 +151,17 @@ def markdown(combined: dict[str, Any]) -> str:
                     continue
                 cells = [_cell(row.get(f"mt_bench_{k}")) for k in ("turn1", "turn2", "score")]
                 lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | " + " | ".join(cells) + " |")
-    lines += ["", "IFEval (offline, rule-based; accuracy %):", ""]
-    head = "| Method | Student | " + " | ".join(label for _, label in IFEVAL_COLUMNS) + " |"
-    lines += [head, "|---|---|" + "---:|" * len(IFEVAL_COLUMNS)]
-    for method in methods:
-        for s in students:
-            row = combined[s]["methods"].get(method)
-            if row is None:
-                continue
-            cells = [_cell(row.get(f"ifeval_{key}")) for key, _ in IFEVAL_COLUMNS]
-            lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | " + " | ".join(cells) + " |")
+    if any(_any(combined, f"ifeval_{key}") for key, _ in IFEVAL_COLUMNS):
+        lines += ["", "IFEval (offline, rule-based; accuracy %):", ""]
+        head = "| Method | Student | " + " | ".join(label for _, label in IFEVAL_COLUMNS) + " |"
+        lines += [head, "|---|---|" + "---:|" * len(IFEVAL_COLUMNS)]
+        for method in methods:
+            for s in students:
+                row = combined[s]["methods"].get(method)
+                if row is None:
+                    continue
+                cells = [_cell(row.get(f"ifeval_{key}")) for key, _ in IFEVAL_COLUMNS]
+                lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | " + " | ".join(cells) + " |")
     if _any(combined, "arena_hard_score"):
         lines += ["", "Arena-Hard-Auto v0.1 (win rate % against gpt-4-0314, Bradley-Terry over both "
                   "games of every prompt, 95% bootstrap interval; the judge's raw labels over both "
@@ -187,8 +195,9 @@ def markdown(combined: dict[str, Any]) -> str:
                     f"{_cell(row['prefeval_mean_margin'], 3)} | {_interval(row['prefeval_mean_margin_ci'], 3)} | "
                     f"{_cell(row['prefeval_likelihood_accuracy'], 3)} |"
                 )
-    n = sorted({combined[s]["methods"][m].get("n_total") for s in students for m in combined[s]["methods"]}, key=str)
-    lines += ["", f"Judged instructions per model: {', '.join(str(x) for x in n)}."]
+    if _any(combined, "win_rate"):
+        n = sorted({combined[s]["methods"][m].get("n_total") for s in students for m in combined[s]["methods"]}, key=str)
+        lines += ["", f"Judged instructions per model: {', '.join(str(x) for x in n)}."]
     notes = sorted({
         f"{s}/{m}: {row['length_controlled_note']}"
         for s in students for m, row in combined[s]["methods"].items() if row.get("length_controlled_note")

@@ -94,6 +94,16 @@ class TrainPaths:
         )
 
 
+def _dataset_inputs(paths: TrainPaths, beta_sha: str) -> list[tracking.DatasetRef]:
+    """The run's inputs as MLflow datasets: the pairs table and (when there is one) the beta
+    artifact, each with its file sha256, so the UI shows which data a run trained on."""
+    inputs = [tracking.DatasetRef("pairs", str(paths.pairs), artifacts.read_table(paths.pairs),
+                                  artifacts.sha256_file(paths.pairs))]
+    if beta_sha:
+        inputs.append(tracking.DatasetRef("beta", str(paths.beta), artifacts.read_table(paths.beta), beta_sha))
+    return inputs
+
+
 def run(
     train: TrainConfig,
     beta: BetaConfig,
@@ -158,6 +168,8 @@ def run(
         else contextlib.nullcontext()
     )
     with tracker_cm as tracker:
+        if tracker is not None:
+            tracker.log_datasets(_dataset_inputs(paths, artifact_sha))
         recorder = _MetricsRecorder(tracker)
         trainer = PerPairBetaTrainer(
             model=model,

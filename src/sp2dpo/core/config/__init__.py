@@ -1,7 +1,8 @@
 """``params.yaml`` as typed, frozen dataclasses: one module per section group, one loader.
 
 - :mod:`.base`: field helper and the checked construction of a section from YAML;
-- :mod:`.data`, :mod:`.annotate`, :mod:`.aggregate`, :mod:`.train`, :mod:`.evaluate`: the sections;
+- :mod:`.data`, :mod:`.annotate`, :mod:`.aggregate`, :mod:`.train`, :mod:`.evaluate`,
+  :mod:`.sweep`: the sections;
 - :mod:`.params`: the section registry, :func:`load`, :func:`defaults` and the reference page.
 
 Import the names from here: ``from sp2dpo.core import config; config.load().train``.
@@ -41,6 +42,7 @@ from sp2dpo.core.config.params import (
     load,
     reference_markdown,
 )
+from sp2dpo.core.config.sweep import SweepConfig
 from sp2dpo.core.config.train import (
     LoraSettings,
     MatrixConfig,
@@ -82,6 +84,7 @@ __all__ = [
     "PromptVariantConfig",
     "PromptsConfig",
     "StudentConfig",
+    "SweepConfig",
     "TeacherConfig",
     "TrainConfig",
     "build",

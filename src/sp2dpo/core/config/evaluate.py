@@ -48,6 +48,10 @@ class GenerationConfig:
 class AlpacaEvalConfig:
     """AlpacaEval 2.0: instructions, reference outputs and the length-controlled GLM."""
 
+    enabled: bool = field(
+        True, "Run AlpacaEval 2.0 (answers, pairwise judge, WR and LC); false e.g. in a sweep "
+        "that selects by the held-out metric alone."
+    )
     reference_outputs: str = field(
         "data/evalsets/alpaca_eval/gpt4_1106_preview.json.gz",
         "Reference (baseline) outputs in AlpacaEval's model-outputs format; their instructions are "

@@ -29,6 +29,7 @@ from sp2dpo.core.config.base import DEFAULT_PARAMS, build, build_list, flatten, 
 from sp2dpo.core.config.data import DataConfig, FilterConfig
 from sp2dpo.core.config.evaluate import EvalConfig
 from sp2dpo.core.config.losses import LOSS_SPECS
+from sp2dpo.core.config.sweep import SweepConfig
 from sp2dpo.core.config.train import MatrixConfig, TrainConfig
 from sp2dpo.core.errors import ConfigError
 
@@ -45,6 +46,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "matrix": MatrixConfig,
     "eval": EvalConfig,
+    "sweep": SweepConfig,
 }
 
 #: Sections that are YAML lists of the registered dataclass rather than one mapping.

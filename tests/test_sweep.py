@@ -224,3 +224,16 @@ def test_sweep_run_refuses_an_empty_grid_and_names_the_problem(tmp_path):
     done = subprocess.run([str(BIN / "sp2dpo"), "sweep", "select", "--params", str(tmp_path / "q.yaml")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "q.yaml: sweep: the grid has 20 settings, more than sweep.budget=16" in done.stderr
+
+
+def test_workers_share_the_call_stores_and_split_the_cores(tmp_path, monkeypatch):
+    env = queue.worker_env(tmp_path, {"PATH": "/bin"})
+    assert env["SP2DPO_SHARED_CALLS"] == str((tmp_path / queue.SHARED_CALLS).resolve())
+    assert env["SP2DPO_SHARED_EVAL_CALLS"] == str((tmp_path / queue.SHARED_EVAL_CALLS).resolve())
+    assert queue.worker_env(tmp_path, {"SP2DPO_SHARED_CALLS": "/nfs/calls"})["SP2DPO_SHARED_CALLS"] == "/nfs/calls"
+    monkeypatch.setattr(queue.os, "cpu_count", lambda: 8)
+    queue.cpu_threads(env, 2)
+    assert env["OMP_NUM_THREADS"] == "4"
+    mine = {"OMP_NUM_THREADS": "1"}
+    queue.cpu_threads(mine, 2)
+    assert mine["OMP_NUM_THREADS"] == "1"

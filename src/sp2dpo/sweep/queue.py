@@ -16,6 +16,9 @@ What the workers share, so a sweep never pays twice and never corrupts a store:
 - MLflow: DVC gives every queued stage ``DVC_ROOT``, the workspace the experiment was queued
   from, and ``sp2dpo.tracking`` logs there (one store, writes serialised by a file lock).
 
+- CPU threads: ``OMP_NUM_THREADS`` = cores // jobs unless set (torch would give every worker
+  every core).
+
 The environment reaches the workers only if ``dvc queue start`` starts them (a worker already
 running keeps its own environment); this command refuses to add to a queue that is running.
 """
@@ -156,6 +159,13 @@ def worker_env(repo: Path, environ: Mapping[str, str] | None = None) -> dict[str
     return env
 
 
+def cpu_threads(env: dict[str, str], jobs: int) -> None:
+    """Split the CPU cores between ``jobs`` workers (``OMP_NUM_THREADS``, unless set): each
+    torch process otherwise takes every core, and N workers on a CPU machine oversubscribe it."""
+    cores = os.cpu_count() or 1
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // max(1, jobs))))
+
+
 def run_sweep(
     cfg: SweepConfig,
     repo: str | Path = ".",
@@ -198,6 +208,7 @@ def run_sweep(
         _dvc(args, repo, env)
         echo(f"queued {name}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in setting.items()))
     workers = jobs or cfg.jobs
+    cpu_threads(env, workers)
     _dvc(["queue", "start", "-j", str(workers)], repo, env)
     echo(f"started {workers} DVC queue worker(s); follow with `dvc queue status` / `dvc queue logs NAME`")
     if not wait:

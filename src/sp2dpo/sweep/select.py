@@ -279,7 +279,7 @@ def _plot(sel: Selection, key: str, path: Path) -> None:
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
     labels = sorted({_show(v) for v in values}, key=lambda s: [_show(v) for v in values].index(s))
     xs = [float(v) for v in values] if numeric else [labels.index(_show(v)) for v in values]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     for t, x in zip(scored, xs, strict=True):
         low, high = t.ci if t.ci else (t.value, t.value)
         best = sel.best is not None and t.name == sel.best.name
@@ -288,12 +288,11 @@ def _plot(sel: Selection, key: str, path: Path) -> None:
     if numeric and xs and min(xs) > 0 and max(xs) / min(xs) >= 20:
         ax.set_xscale("log")
     if not numeric:
-        ax.set_xticks(range(len(labels)), labels, rotation=20)
+        ax.set_xticks(range(len(labels)), labels, rotation=15, fontsize=8)
     ax.set_xlabel(key)
-    ax.set_ylabel(f"{sel.metric} (95% CI)")
-    ax.set_title(f"sweep {sel.sweep}: {sel.metric} over {key} (red: lambda*)")
-    artifacts.save_figure(fig, path)
-    plt.close(fig)
+    ax.set_ylabel(f"{sel.metric}\n(95% CI)", fontsize=9)
+    ax.set_title(f"sweep {sel.sweep}: {sel.metric} over {key}\n(red: lambda*)", fontsize=10)
+    artifacts.save_figure(fig, path, left=0.15, bottom=0.24, top=0.86)
 
 
 def write_report(sel: Selection, out: str | Path) -> list[Path]:

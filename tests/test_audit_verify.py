@@ -303,20 +303,24 @@ import json, os, pathlib, random
 import sp2dpo
 pathlib.Path("out").mkdir(exist_ok=True)
 noisy = pathlib.Path("noisy").exists()
-pathlib.Path("out/r.json").write_text(json.dumps({"r": random.random() if noisy else 0.5, "k": 1}))
+# perturb.json (git-ignored, so a clone never has it): the committed outputs' floats are scaled
+# by `factor` and the table's label is `label`, as if another machine had made them
+p = json.loads(pathlib.Path("perturb.json").read_text()) if pathlib.Path("perturb.json").exists() else {}
+f, label = p.get("factor", 1.0), p.get("label", "x")
+pathlib.Path("out/r.json").write_text(json.dumps({"r": random.random() if noisy else 0.5, "k": 1, "w": 0.3 * f}))
 uri = os.environ.get("MLFLOW_TRACKING_URI", "")
 pathlib.Path("out/env.json").write_text(json.dumps({
     "code": sp2dpo.MARK,
     "mlflow_inside": uri == "sqlite:///" + os.path.join(os.getcwd(), "mlflow.db"),
     "shared_calls": os.environ.get("SP2DPO_SHARED_CALLS"),
 }))
-pathlib.Path("table.csv").write_text("prompt_id,x\\na,1\\nb,2\\n")
-pathlib.Path("m.json").write_text(json.dumps({"rows": 2}))
+pathlib.Path("table.csv").write_text(f"prompt_id,x,w,label\\na,1,{0.25 * f!r},{label}\\nb,2,{0.75 * f!r},y\\n")
+pathlib.Path("m.json").write_text(json.dumps({"rows": 2, "mean_w": 0.5 * f}))
 """
 TINY_USE = """
 import pandas as pd
 t = pd.read_csv("table.csv")
-t.assign(x=t.x * 2).to_csv("doubled.csv", index=False)
+t.assign(x=t.x * 2, w=t.w * 2).to_csv("doubled.csv", index=False)
 """
 
 
@@ -338,6 +342,7 @@ def tiny_project(tmp_path) -> Path:
     (repo / "dvc.yaml").write_text(TINY_DVC_YAML)
     (repo / "make.py").write_text(TINY_MAKE)
     (repo / "use.py").write_text(TINY_USE)
+    (repo / ".gitignore").write_text("perturb.json\n")
     run(["git", "init", "-q", "-b", "main"], cwd=repo)
     run([DVC, "init", "-q"], cwd=repo)
     run([DVC, "remote", "add", "-d", "store", "../store"], cwd=repo)
@@ -388,6 +393,51 @@ def test_verify_a_tiny_project(tiny_project, tmp_path, capsys, monkeypatch):
         "files 2 -> 2: 1 changed, 0 added, 0 removed; changed: r.json [1 key changed: r: 0."
     )
     assert _state(repo) == before and list(work.iterdir()) == []
+
+
+def _commit_perturbed(repo: Path, factor: float, label: str = "x") -> None:
+    """Commit outputs made as another machine would have made them (floats scaled by ``factor``,
+    the table's first label ``label``); the clone's re-run makes the unperturbed ones."""
+    (repo / "perturb.json").write_text(json.dumps({"factor": factor, "label": label}))
+    run([DVC, "repro", "-f", "-q"], cwd=repo, env=_baseline_env(repo))
+    run([DVC, "push", "-q"], cwd=repo)
+    run([*GIT, "add", "-A"], cwd=repo)
+    run([*GIT, "commit", "-qm", f"perturbed {factor} {label}"], cwd=repo)
+
+
+@pytest.mark.slow
+def test_verify_tells_float_noise_from_a_real_change(tiny_project, tmp_path, capsys):
+    repo = tiny_project
+    work = ["--repo", str(repo), "--workdir", str(tmp_path / "work")]
+
+    _commit_perturbed(repo, 1 + 1e-7)  # float noise: every float off by 1e-7 relative
+    assert cli.main(["verify", *work]) == 4
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "equivalent doubled.csv: largest relative deviation 1e-07 (w[0])",
+        "equivalent m.json: largest relative deviation 1e-07 (mean_w)",
+        "equivalent out: largest relative deviation 1e-07 (r.json: w)",
+        "equivalent table.csv: largest relative deviation 1e-07 (w[0])",
+    ]
+
+    _commit_perturbed(repo, 1 + 1e-2)  # a real change
+    assert cli.main(["verify", *work, "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["verdict"] == DIFFERS and result["tolerance"] == 1e-5
+    for out in result["outputs"]:
+        assert out["status"] == DIFFERS
+        assert "largest relative deviation 0.0099" in out["detail"], out
+    # ... that a looser tolerance accepts
+    assert cli.main(["verify", *work, "--tolerance", "0.02"]) == 4
+    assert capsys.readouterr().out.startswith("equivalent doubled.csv: largest relative deviation 0.0099")
+
+    _commit_perturbed(repo, 1.0, label="changed")  # a string in a table: never noise
+    assert cli.main(["verify", *work]) == 1
+    by_path = {line.split()[1].rstrip(":"): line for line in capsys.readouterr().out.splitlines()}
+    assert by_path["table.csv"].startswith("differs    table.csv: rows 2 -> 2 (by prompt_id): 1 changed")
+    assert "label" in by_path["table.csv"]
+    assert by_path["doubled.csv"].startswith("differs    doubled.csv")
+    assert by_path["m.json"] == "identical  m.json"
 
 
 @pytest.mark.slow

@@ -340,10 +340,10 @@ def _add_audit(sub: Subparsers) -> None:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     result = audit.verify.verify(args.rev, repo=args.repo, workdir=args.workdir, keep=args.keep,
-                                 recall_teachers=args.recall_teachers)
+                                 recall_teachers=args.recall_teachers, tolerance=args.tolerance)
     print(audit.outputs.render(result, "json" if args.json else "text"), end="")
     print(f"verify: {audit.outputs.summary(result)}", file=sys.stderr)
-    return 0 if result.identical else 1
+    return audit.verify.EXIT_STATUS[result.verdict]
 
 
 def _add_verify(sub: Subparsers) -> None:
@@ -353,14 +353,20 @@ def _add_verify(sub: Subparsers) -> None:
         "output with its dvc.lock",
         description="Clone the repository at REV, pull its inputs and recorded teacher calls, run "
         "`dvc repro -f --no-run-cache` there with the clone's code, and compare every output REV's "
-        "dvc.lock records with the re-run's (md5), saying by file type what differs. Exit status: "
-        "0 every output identical, 1 some differ, 2 usage error, 3 the re-run failed.",
+        "dvc.lock records with the re-run's (md5), saying by file type what differs; an output "
+        "whose numbers agree within --tolerance and is otherwise exact is 'equivalent' (float "
+        "noise). Exit status: 0 every output identical, 4 the rest equivalent, 1 some differ, "
+        "2 usage error, 3 the re-run failed.",
     )
     p.add_argument("rev", metavar="REV", nargs="?", default="HEAD",
                    help="the commit to verify (anything git resolves; default: HEAD)")
     p.add_argument("--recall-teachers", action="store_true",
                    help="call the teachers again instead of answering from REV's recorded calls "
                    "(with real APIs this costs what the annotate stage cost)")
+    p.add_argument("--tolerance", type=float, default=audit.tolerance.DEFAULT_TOLERANCE, metavar="REL",
+                   help="relative deviation of a float (of an adapter tensor: max |delta| over the "
+                   "tensor's scale) that still counts as equivalent; 0: identical or differs "
+                   "(default: %(default)g)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (clone and repro log)")
     p.add_argument("--workdir", default=None, metavar="DIR",
                    help="where to make the work folder (default: the system's temporary folder)")
@@ -654,6 +660,46 @@ def _add_sweep(sub: Subparsers) -> None:
     s.set_defaults(func=_cmd_sweep_select)
 
 
+# ------------------------------------------------------------------------------ numerics
+
+
+def _cmd_numerics(args: argparse.Namespace) -> int:
+    from sp2dpo import numerics
+    from sp2dpo.llm import models
+
+    numerics.mode()  # an invalid SP2DPO_NUMERICS is an error here (the import only warned)
+    result: dict[str, Any] = {"state": numerics.state(), "pins": numerics.PINS}
+    status = 0
+    if args.fingerprint:
+        prints = {}
+        for name, reference in sorted(models.PINNED_FINGERPRINTS.items()):
+            found = models.logits_fingerprint(f"{models.LOCAL_PREFIX}{name}")
+            found["reference"] = reference
+            found["matches"] = found["sha256"] == reference
+            status = status or int(not found["matches"])
+            prints[name] = found
+        result["fingerprints"] = prints
+        result["state"] = numerics.state()  # torch is loaded now: its kernels are known
+    print_json(result)
+    return status
+
+
+def _add_numerics(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "numerics",
+        help="the CPU numerics in force (pinned AVX2 kernels or native) and, with --fingerprint, "
+        "whether this machine reproduces the committed outputs bit for bit",
+        description="Print the CPU numerics mode (SP2DPO_NUMERICS: pinned, the default, or "
+        "native), the variables it sets and the kernels torch runs. --fingerprint also hashes both "
+        "packaged models' logits for a fixed input and compares them with the reference bytes "
+        "(exit status 1 when one differs: this machine's outputs will be equivalent, not "
+        "identical, to the committed ones).",
+    )
+    p.add_argument("--fingerprint", action="store_true",
+                   help="hash the packaged models' logits (converts them on first use)")
+    p.set_defaults(func=_cmd_numerics)
+
+
 # ------------------------------------------------------------------------------ params, plots
 
 
@@ -710,6 +756,7 @@ PARSERS: list[Callable[[Subparsers], None]] = [
     _add_report,
     _add_audit,
     _add_verify,
+    _add_numerics,
     _add_winrate,
     _add_ifeval,
     _add_arenahard,

@@ -17,7 +17,8 @@
   sha256 as an input tag), which fills the UI's dataset column.
 - Params: the pinned ones (``method``, ``student``, ``beta_column``, ``beta_artifact_sha256``) and
   the flattened ``params.yaml`` (``config.flatten``), after :func:`scrub`.
-- Tags: ``git_commit`` (``HEAD``, plus ``git_dirty``) and, inside ``dvc exp run``, ``dvc_exp``
+- Tags: ``git_commit`` (``HEAD``, plus ``git_dirty``), ``numerics`` and ``cpu_capability`` (the
+  CPU kernels the run used: :mod:`sp2dpo.numerics`) and, inside ``dvc exp run``, ``dvc_exp``
   (DVC sets ``DVC_EXP_NAME`` for the stages of an experiment).
 - Secrets: values of the environment variables named by any ``*api_key_env`` param, keys named
   like a credential, and values that look like a key are never logged.
@@ -35,6 +36,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sp2dpo import numerics
 from sp2dpo.core import artifacts
 from sp2dpo.core.locks import FileLock
 
@@ -255,6 +257,16 @@ def _param_value(value: Any) -> str:
 
 
 @contextlib.contextmanager
+def numerics_tags() -> dict[str, str]:
+    """``numerics`` (pinned/native) and, when torch is loaded, ``cpu_capability`` (the kernels
+    it runs): whether a run's float outputs can match another machine's (:mod:`sp2dpo.numerics`)."""
+    state = numerics.state()
+    tags = {"numerics": str(state["mode"])}
+    if "cpu_capability" in state:
+        tags["cpu_capability"] = str(state["cpu_capability"])
+    return tags
+
+
 def start_run(
     run_name: str,
     flat_params: Mapping[str, Any],
@@ -281,7 +293,7 @@ def start_run(
     lock = store_lock(uri)
     mlflow.set_tracking_uri(uri)
     commit, dirty = git_commit(repo_root(root))
-    all_tags = {"git_commit": commit, "git_dirty": str(dirty).lower(), **(tags or {})}
+    all_tags = {"git_commit": commit, "git_dirty": str(dirty).lower(), **numerics_tags(), **(tags or {})}
     exp_name = dvc_experiment()
     if exp_name:
         all_tags["dvc_exp"] = exp_name

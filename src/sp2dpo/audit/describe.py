@@ -383,7 +383,7 @@ def load_tensors(data: bytes) -> dict[str, np.ndarray]:
         return {k: v.double().numpy() for k, v in load_torch(data).items()}
 
 
-def _safetensors_metadata(data: bytes) -> Any:
+def safetensors_metadata(data: bytes) -> Any:
     (size,) = struct.unpack("<Q", data[:8])
     return json.loads(data[8 : 8 + size]).get("__metadata__")
 
@@ -408,7 +408,7 @@ def describe_safetensors(name: str, old: bytes, new: bytes, *, limit: int = LIMI
     if removed := [k for k in a if k not in b]:
         parts.append("removed: " + _listed(removed, limit))
     if not (differing or reshaped or added or removed):
-        metadata = _safetensors_metadata(old) != _safetensors_metadata(new)
+        metadata = safetensors_metadata(old) != safetensors_metadata(new)
         parts.append(f"same tensors; {'metadata' if metadata else 'layout'} differs")
     return "; ".join(parts)
 

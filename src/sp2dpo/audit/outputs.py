@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sp2dpo.audit import describe
+from sp2dpo.audit import describe, tolerance
 from sp2dpo.audit.compare import git_show
 
-IDENTICAL, DIFFERS = "identical", "differs"
+IDENTICAL, EQUIVALENT, DIFFERS = "identical", "equivalent", "differs"
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ class OutputCheck:
 
     path: str
     stage: str | None
-    status: str  # IDENTICAL or DIFFERS
+    status: str  # IDENTICAL, EQUIVALENT or DIFFERS
     detail: str = ""
     expected_md5: str | None = None
     actual_md5: str | None = None
@@ -46,9 +46,17 @@ class VerifyReport:
     unavailable: list[str] = dataclasses.field(default_factory=list)  # REV copies nowhere to fetch
     workdir: Path | None = None  # the kept work folder (None: removed)
 
+    tolerance: float = tolerance.DEFAULT_TOLERANCE  # relative, for EQUIVALENT
+
     @property
     def identical(self) -> bool:
         return all(o.status == IDENTICAL for o in self.outputs)
+
+    @property
+    def verdict(self) -> str:
+        """IDENTICAL when every output is; else DIFFERS when any output does; else EQUIVALENT."""
+        statuses = {o.status for o in self.outputs}
+        return DIFFERS if DIFFERS in statuses else EQUIVALENT if EQUIVALENT in statuses else IDENTICAL
 
 
 def lock_outputs(lock: Mapping[str, Any] | None) -> dict[str, dict[str, str | None]]:
@@ -160,11 +168,24 @@ def workspace_listing(folder: Path, clone: Path) -> dict[str, str]:
     }
 
 
-def describe_output(check: OutputCheck, versions: Versions) -> str:
-    """What differs between REV's copy of an output and the re-run's (one line)."""
+@dataclasses.dataclass(frozen=True)
+class _Sides:
+    """REV's and the re-run's copies of one output: a file's bytes or a directory's listings
+    with readers; ``problem`` says why they cannot be read (then nothing else is set)."""
+
+    problem: str = ""
+    old: bytes | None = None
+    new: bytes | None = None
+    old_listing: Mapping[str, str] | None = None
+    new_listing: Mapping[str, str] | None = None
+    read_old: Callable[[str], bytes | None] | None = None
+    read_new: Callable[[str], bytes | None] | None = None
+
+
+def _sides(check: OutputCheck, versions: Versions) -> _Sides:
     target = versions.clone / check.path
     if not target.exists():
-        return "missing after the re-run"
+        return _Sides("missing after the re-run")
     unavailable = (
         f"md5 {check.expected_md5} -> {check.actual_md5}; REV's copy is in neither the DVC cache "
         "nor the remote, so only the hashes compare"
@@ -173,7 +194,7 @@ def describe_output(check: OutputCheck, versions: Versions) -> str:
     if expected.endswith(".dir"):
         listing = versions.rev_listing(expected)
         if listing is None or not target.is_dir():
-            return unavailable if listing is None else "a file after the re-run, a directory at REV"
+            return _Sides(unavailable if listing is None else "a file after the re-run, a directory at REV")
 
         def read_old(rel: str) -> bytes | None:
             found = versions.object_path(listing[rel])
@@ -182,21 +203,67 @@ def describe_output(check: OutputCheck, versions: Versions) -> str:
         def read_new(rel: str) -> bytes | None:
             return (target / rel).read_bytes() if (target / rel).is_file() else None
 
-        return describe.describe_dir(listing, workspace_listing(target, versions.clone), read_old, read_new)
+        return _Sides(old_listing=listing, new_listing=workspace_listing(target, versions.clone),
+                      read_old=read_old, read_new=read_new)
     old = versions.rev_bytes(check.path, expected)
     if old is None:
-        return unavailable
+        return _Sides(unavailable)
     if target.is_dir():
-        return "a directory after the re-run, a file at REV"
-    return describe.describe_file(check.path, old, target.read_bytes())
+        return _Sides("a directory after the re-run, a file at REV")
+    return _Sides(old=old, new=target.read_bytes())
+
+
+def describe_output(check: OutputCheck, versions: Versions) -> str:
+    """What differs between REV's copy of an output and the re-run's (one line)."""
+    sides = _sides(check, versions)
+    if sides.problem:
+        return sides.problem
+    if sides.old_listing is not None:
+        assert sides.new_listing is not None and sides.read_old and sides.read_new
+        return describe.describe_dir(sides.old_listing, sides.new_listing, sides.read_old, sides.read_new)
+    assert sides.old is not None and sides.new is not None
+    return describe.describe_file(check.path, sides.old, sides.new)
+
+
+def judge_output(check: OutputCheck, versions: Versions, tol: float) -> tolerance.Closeness:
+    """Whether an output whose md5 differs is equivalent within ``tol`` (relative), with the
+    largest deviation found (:mod:`sp2dpo.audit.tolerance`)."""
+    sides = _sides(check, versions)
+    if sides.problem:
+        return tolerance.Closeness(False, reason=sides.problem)
+    if sides.old_listing is not None:
+        assert sides.new_listing is not None and sides.read_old and sides.read_new
+        return tolerance.compare_dir(sides.old_listing, sides.new_listing, sides.read_old,
+                                     sides.read_new, tol)
+    assert sides.old is not None and sides.new is not None
+    return tolerance.compare_file(check.path, sides.old, sides.new, tol)
+
+
+def settle(check: OutputCheck, versions: Versions, tol: float) -> None:
+    """Settle an output whose md5 differs: EQUIVALENT (detail: the largest deviation) when its
+    content agrees within ``tol``, else DIFFERS with what differs and the largest deviation."""
+    try:
+        closeness = judge_output(check, versions, tol)
+    except Exception as exc:  # a comparer bug must not hide the verdict: it differs
+        closeness = tolerance.Closeness(False, reason=f"not compared ({exc})")
+    if closeness.equivalent:
+        check.status, check.detail = EQUIVALENT, closeness.describe()
+        return
+    try:
+        detail = describe_output(check, versions)
+    except Exception as exc:  # a describer bug must not hide the verdict
+        detail = f"md5 {check.expected_md5} -> {check.actual_md5} (not described: {exc})"
+    if closeness.deviation:
+        detail += f"; {closeness.describe()}"
+    check.status, check.detail = DIFFERS, detail
 
 
 def render(report: VerifyReport, fmt: str = "text") -> str:
     """One line per output (``identical  PATH`` / ``differs    PATH: DETAIL``), or JSON."""
     if fmt == "json":
         return json.dumps(
-            {"rev": report.rev, "identical": report.identical,
-             "outputs": [o.as_dict() for o in report.outputs]},
+            {"rev": report.rev, "identical": report.identical, "verdict": report.verdict,
+             "tolerance": report.tolerance, "outputs": [o.as_dict() for o in report.outputs]},
             indent=2, ensure_ascii=False,
         ) + "\n"
     lines = [
@@ -207,7 +274,13 @@ def render(report: VerifyReport, fmt: str = "text") -> str:
 
 
 def summary(report: VerifyReport) -> str:
-    differ = sum(o.status != IDENTICAL for o in report.outputs)
-    if not differ:
-        return f"{report.rev[:12]}: all {len(report.outputs)} outputs reproduced exactly"
-    return f"{report.rev[:12]}: {differ} of {len(report.outputs)} outputs differ from the re-run"
+    n = len(report.outputs)
+    differ = sum(o.status == DIFFERS for o in report.outputs)
+    close = sum(o.status == EQUIVALENT for o in report.outputs)
+    if differ:
+        return f"{report.rev[:12]}: {differ} of {n} outputs differ from the re-run" + (
+            f" ({close} more equivalent within relative {report.tolerance:g})" if close else "")
+    if close:
+        return (f"{report.rev[:12]}: {n - close} of {n} outputs reproduced exactly, {close} "
+                f"equivalent within relative {report.tolerance:g} (float noise)")
+    return f"{report.rev[:12]}: all {n} outputs reproduced exactly"

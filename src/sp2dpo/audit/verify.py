@@ -44,14 +44,18 @@ import yaml
 from sp2dpo.audit.compare import AuditError, git_root, resolve_commit
 from sp2dpo.audit.outputs import (
     DIFFERS,
+    EQUIVALENT,
+    IDENTICAL,
     VerifyReport,
     Versions,
     compare_locks,
-    describe_output,
     lock_outputs,
+    settle,
 )
+from sp2dpo.audit.tolerance import DEFAULT_TOLERANCE, check_tolerance
 
-#: Exit status of ``sp2dpo verify`` when the re-run itself failed (0: identical, 1: differs).
+#: Exit status of ``sp2dpo verify`` by verdict, and when the re-run itself failed.
+EXIT_STATUS = {IDENTICAL: 0, DIFFERS: 1, EQUIVALENT: 4}
 EXIT_REPRO_FAILED = 3
 #: Timeout (s) of quick git and DVC commands; transfers (clone, fetch, pull) get longer.
 QUICK_TIMEOUT = 120
@@ -153,15 +157,20 @@ def verify(
     workdir: str | Path | None = None,
     keep: bool = False,
     recall_teachers: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
     progress: Progress = _stderr,
 ) -> VerifyReport:
     """Re-run REV's pipeline in a fresh clone and compare every output with REV's ``dvc.lock``.
+
+    An output whose md5 differs is ``equivalent`` when its numbers agree within ``tolerance``
+    (relative) and everything else is exact (:mod:`sp2dpo.audit.tolerance`), else ``differs``.
 
     Raises:
         VerifyError: not a git repository, an unknown REV, no ``dvc.lock`` at REV, no DVC, or
             inputs (or the recorded teacher calls) that cannot be pulled.
         ReproFailed: the re-run failed (the tail of its log was printed through ``progress``).
     """
+    tolerance = check_tolerance(tolerance)
     root = git_root(Path(repo), env=_git_env())
     sha = resolve_commit(root, rev, env=_git_env())
     if _run(["git", "cat-file", "-e", f"{sha}:{LOCK}"], cwd=root, env=_git_env()).returncode != 0:
@@ -172,7 +181,7 @@ def verify(
         Path(workdir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"sp2dpo-verify-{sha[:12]}-", dir=workdir)).resolve()
     try:
-        report = _verify_in(work, root, sha, rev, dvc, shared_cache, recall_teachers, progress)
+        report = _verify_in(work, root, sha, rev, dvc, shared_cache, recall_teachers, tolerance, progress)
         report.workdir = work if keep else None
         return report
     finally:
@@ -183,7 +192,7 @@ def verify(
 
 
 def _verify_in(work: Path, root: Path, sha: str, rev: str, dvc: str, shared_cache: Path | None,
-               recall_teachers: bool, progress: Progress) -> VerifyReport:
+               recall_teachers: bool, tolerance: float, progress: Progress) -> VerifyReport:
     clone = work / "repo"
     env = clone_env(clone)
     progress(f"cloning {root} at {rev} ({sha[:12]}) into {clone}")
@@ -255,11 +264,8 @@ def _verify_in(work: Path, root: Path, sha: str, rev: str, dvc: str, shared_cach
     checks = compare_locks(expected, actual)
     for check in checks:
         if check.status == DIFFERS and not check.detail:
-            try:
-                check.detail = describe_output(check, versions)
-            except Exception as exc:  # a describer bug must not hide the verdict
-                check.detail = f"md5 {check.expected_md5} -> {check.actual_md5} (not described: {exc})"
-    return VerifyReport(sha, checks, unavailable)
+            settle(check, versions, tolerance)
+    return VerifyReport(sha, checks, unavailable, tolerance=tolerance)
 
 
 def _absolute_remotes(dvc_quick: Callable[..., subprocess.CompletedProcess[str]], clone: Path,

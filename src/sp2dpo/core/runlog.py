@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sp2dpo import numerics
 from sp2dpo.core import artifacts
 
 #: Where the pipeline's stages keep their run logs (relative to the repository root).
@@ -22,12 +23,14 @@ PIPELINE_DIR = Path("logs")
 
 
 def write(folder: str | Path, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` (plus ``finished_at``) to ``folder/<UTC time>-<pid>.json`` atomically.
+    """Write ``payload`` (plus ``finished_at`` and the CPU numerics the run used, ``numerics``:
+    :func:`sp2dpo.numerics.state`) to ``folder/<UTC time>-<pid>.json`` atomically.
 
     Returns:
         The file written.
     """
     now = dt.datetime.now(dt.UTC)
     path = Path(folder) / f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{os.getpid()}.json"
-    artifacts.write_json({"finished_at": now.isoformat(timespec="milliseconds"), **payload}, path)
+    stamp = {"finished_at": now.isoformat(timespec="milliseconds"), "numerics": numerics.state()}
+    artifacts.write_json({**stamp, **payload}, path)
     return path

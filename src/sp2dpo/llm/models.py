@@ -173,6 +173,42 @@ def load_causal_lm(spec: str, *, revision: str | None = None, dtype: str = "floa
     return model, tokenizer
 
 
+#: The fixed input of :func:`logits_fingerprint`.
+FINGERPRINT_TEXT = "The quick brown fox jumps over the lazy dog. " * 8
+
+#: sha256 of each packaged model's float32 logits for :data:`FINGERPRINT_TEXT` with the pinned CPU
+#: numerics (:mod:`sp2dpo.numerics`) and torch 2.13.0 (CPU wheel): the same bytes measured on an
+#: AMD EPYC with AVX-512 and on one with AVX2 only. A machine that gives other bytes will not
+#: reproduce the committed outputs bit for bit (``sp2dpo verify`` then says ``equivalent``).
+PINNED_FINGERPRINTS: dict[str, str] = {
+    "smollm2-135m-instruct": "2914b7c9698299058034d6cdc26d6eddc9417b806d87546b3223261c67aac4c4",
+    "gemma3-270m": "60f4f95b1fbb558da11e139d22c9f2617a3c2a7b5f259fd7494e4303d92a2d2a",
+}
+
+
+def logits_fingerprint(spec: str) -> dict[str, object]:
+    """sha256 and sum of a model's float32 logits for :data:`FINGERPRINT_TEXT` (one forward pass),
+    with the CPU kernel family torch dispatched to: two machines whose fingerprints agree run the
+    same kernels on this model."""
+    import hashlib
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    location = resolve(spec)
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32).eval()
+    ids = tokenizer([FINGERPRINT_TEXT], return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**ids).logits
+    return {
+        "model": spec,
+        "sha256": hashlib.sha256(logits.numpy().tobytes()).hexdigest(),
+        "sum": float(logits.double().sum()),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+    }
+
+
 def build_tiny_model(spec: str, out_dir: str | Path, *, seed: int = 0, hidden_size: int = 32,
                      layers: int = 2) -> Path:
     """A tiny random-weight model of ``spec``'s architecture with its real tokenizer, saved to

@@ -154,6 +154,7 @@ def test_start_run_logs_pinned_params_and_tags(tmp_path, monkeypatch):
     assert got.data.params["oops"] == tracking.REDACTED
     assert got.data.tags["dvc_exp"] == "exp-test"
     assert len(got.data.tags["git_commit"]) in (40, len("unknown"))
+    assert got.data.tags["numerics"] == "pinned"  # the suite runs pinned (importing sp2dpo)
     assert got.data.metrics["rewards/margins"] == pytest.approx(0.1)
     mlflow.set_tracking_uri(None)
 

@@ -256,7 +256,6 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
 
 
-@contextlib.contextmanager
 def numerics_tags() -> dict[str, str]:
     """``numerics`` (pinned/native) and, when torch is loaded, ``cpu_capability`` (the kernels
     it runs): whether a run's float outputs can match another machine's (:mod:`sp2dpo.numerics`)."""
@@ -267,6 +266,7 @@ def numerics_tags() -> dict[str, str]:
     return tags
 
 
+@contextlib.contextmanager
 def start_run(
     run_name: str,
     flat_params: Mapping[str, Any],

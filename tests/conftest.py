@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import sp2dpo  # noqa: F401  (pins the CPU numerics for the suite and every subprocess it starts)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Offline by default, like CI: the Hub is unreachable here.

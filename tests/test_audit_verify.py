@@ -277,6 +277,9 @@ def test_cli_errors(tmp_path, capsys):
     run([*GIT, "commit", "-qm", "x"], cwd=tmp_path)
     assert cli.main(["verify", "--repo", str(tmp_path)]) == 2
     assert "no dvc.lock at HEAD" in capsys.readouterr().err
+    for bad in ("nan", "-1e-5", "inf"):
+        assert cli.main(["verify", "--repo", str(tmp_path), f"--tolerance={bad}"]) == 2
+        assert "--tolerance must be a finite number >= 0" in capsys.readouterr().err
 
 
 TINY_DVC_YAML = """

@@ -92,6 +92,7 @@ class CountingBackend:
     def __init__(self, inner: ans.AnswerBackend) -> None:
         self.inner = inner
         self.requests: list[list[dict[str, str]]] = []
+        self.batches_in_order = getattr(inner, "batches_in_order", False)
 
     def run(self, requests, settings, max_new_tokens, done):
         self.requests.extend(requests)
@@ -148,7 +149,10 @@ def test_in_process_answers_are_stored_and_only_missing_ones_generated(tiny, tmp
         answerer = ans.Answerer(second, calls, KEY, "tiny-test")
         again = answerer.answer(extra, SETTINGS)
         assert calls.made == {ANSWER: 1} and calls.reused == {ANSWER: 4}
-    assert again[:3] == out and second.requests == [[{"role": "user", "content": extra[3][0]}]]
+    # The new one shares a batch (of 2) with the third conversation, whose stored turn-1
+    # answer is made again in that batch and dropped: the batch is the one a fresh run makes.
+    assert again[:3] == out and second.requests == [[{"role": "user", "content": extra[2][0]}],
+                                                     [{"role": "user", "content": extra[3][0]}]]
     assert (answerer.generated, answerer.reused) == (1, 4)
 
     # Single-turn items: answer_instructions, the same keys as one-turn conversations.
@@ -165,6 +169,32 @@ def test_in_process_answers_are_stored_and_only_missing_ones_generated(tiny, tmp
         with EvalCalls(store) as calls:
             ans.Answerer(other, calls, key, "tiny-test").answer(CONVERSATIONS[:1], SETTINGS, cap)
         assert len(other.requests) == 1
+
+
+@pytest.mark.timeout(300)
+def test_a_resumed_run_answers_in_the_batches_of_a_fresh_run(tiny, tmp_path):
+    """Which answers the store already holds never changes which batch an answer comes from
+    (padding makes an answer's floats depend on its batch-mates)."""
+    items = [[f"Name the number {n} in words, then spell it backwards."] for n in range(5)]
+    fresh = _local(tiny)
+    with EvalCalls(tmp_path / "fresh") as calls:
+        expected = ans.Answerer(fresh, calls, KEY, "tiny-test").answer(items, SETTINGS)
+    assert fresh.requests == [[{"role": "user", "content": c[0]}] for c in items]
+
+    store = tmp_path / "resumed"
+    with EvalCalls(store) as calls:  # another run answered items 0 and 3 (in a batch of its own)
+        ans.Answerer(_local(tiny), calls, KEY, "tiny-test").answer([items[0], items[3]], SETTINGS)
+    resumed = _local(tiny)
+    with EvalCalls(store) as calls:
+        got = ans.Answerer(resumed, calls, KEY, "tiny-test").answer(items, SETTINGS)
+        assert calls.made == {ANSWER: 3} and calls.reused == {ANSWER: 2}
+    # Batches of 2 over the whole list: [0, 1], [2, 3], [4]; each holds a missing item, so all
+    # five are generated in the fresh run's batches, and only the missing three are stored.
+    assert resumed.requests == fresh.requests
+    assert [got[i] for i in (1, 2, 4)] == [expected[i] for i in (1, 2, 4)]
+    records = [json.loads(line) for path in sorted(store.rglob("*.jsonl"))
+               for line in path.read_text().splitlines()]
+    assert len(records) == 5 and len({r["key"] for r in records}) == 5
 
 
 class FailingBackend:

@@ -1,6 +1,7 @@
 """A fresh clone reproduces the committed state: `dvc pull` restores every committed output
 without running anything, and the README's run command re-runs the pipeline to the committed
-dvc.lock byte for byte (`git status` stays clean)."""
+dvc.lock byte for byte (`git status` stays clean) on any x86-64 CPU with AVX2: the run is pinned
+to torch's AVX2 kernels (sp2dpo.numerics), whatever CPU made the lock."""
 
 from __future__ import annotations
 
@@ -55,3 +56,6 @@ def test_readme_run_command_on_a_fresh_clone_reproduces_the_committed_lock(tmp_p
     assert {p.relative_to(repo / "logs").parts[0] for p in logs} == {"annotate", "eval"}
     eval_log = json.loads(next(p for p in logs if "eval" in p.parts).read_text())
     assert eval_log["timings"]["sp2dpo"]["timing/generation_s"] > 0
+    # ... and the run was pinned: its models ran the AVX2 kernels the lock was made with.
+    assert eval_log["numerics"]["mode"] == "pinned"
+    assert eval_log["numerics"]["cpu_capability"] == "AVX2"

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from sp2dpo import numerics
 from sp2dpo.audit.compare import AuditError, git_root, resolve_commit
 from sp2dpo.audit.outputs import (
     DIFFERS,
@@ -258,6 +259,10 @@ def _verify_in(work: Path, root: Path, sha: str, rev: str, dvc: str, shared_cach
     elif recall_teachers:
         progress("the teachers are called again (--recall-teachers)")
 
+    state = numerics.state()
+    progress(f"CPU numerics: {state['mode']}" + (
+        " (torch's AVX2 kernels: the bytes of any x86-64 CPU with AVX2)" if state["mode"] == numerics.PINNED
+        else " (this CPU's own kernels: the bytes of this kind of CPU only)"))
     _repro(dvc, clone, env, log_path, progress)
 
     actual = yaml.safe_load((clone / LOCK).read_text()) or {}

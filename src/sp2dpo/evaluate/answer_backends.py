@@ -90,6 +90,10 @@ class LocalBackend:
             called on the first request, so a fully cached run loads nothing.
     """
 
+    #: Requests are generated in batches of ``batch_size`` in the order given, and an answer's
+    #: floats depend on its batch-mates (padding): the Answerer sends whole fixed chunks.
+    batches_in_order = True
+
     def __init__(self, loader: Callable[[], tuple[Any, Any]]) -> None:
         self._loader = loader
         self._loaded: tuple[Any, Any] | None = None

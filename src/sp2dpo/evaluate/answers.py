@@ -236,18 +236,20 @@ class Answerer:
             messages = {i: _history(turns[i], answers[i], turn) for i in asked}
             keys = {i: self.answer_key(messages[i], decode) for i in asked}
             found: dict[str, str] = {}
-            missing: dict[str, Messages] = {}  # key -> messages, first occurrence first
+            everything: dict[str, Messages] = {}  # key -> messages, first occurrence first
+            missing: dict[str, Messages] = {}  # those the store lacks
             for i in asked:
                 key = keys[i]
-                if key in found or key in missing:
+                if key in everything:
                     continue
+                everything[key] = messages[i]
                 record = self._stored(key)
                 if record is not None:
                     found[key] = record["answer"]
                 else:
                     missing[key] = messages[i]
             if missing:
-                found.update(self._generate(missing, settings, cap, turn))
+                found.update(self._generate(missing, everything, settings, cap, turn))
             for i in asked:
                 answers[i].append(found[keys[i]])
             self.reused += len(set(keys.values())) - len(missing)
@@ -260,29 +262,49 @@ class Answerer:
         return answers
 
     def _generate(
-        self, missing: dict[str, Messages], settings: GenerationConfig, cap: int, turn: int
+        self,
+        missing: dict[str, Messages],
+        everything: dict[str, Messages],
+        settings: GenerationConfig,
+        cap: int,
+        turn: int,
     ) -> dict[str, str]:
-        """Generate the missing answers, storing each as it arrives; their texts by key."""
+        """Generate the missing answers, storing each as it arrives; their texts by key.
+
+        ``everything`` is the turn's whole request list (key -> messages, in order). A backend
+        that batches in the order given (:attr:`~.answer_backends.LocalBackend.batches_in_order`)
+        gets every chunk of ``batch_size`` of that list that holds a missing request, whole, so
+        each answer comes from the same batch whatever the store already held (a resumed run
+        gives the bytes a run from an empty store gives); the chunk's stored answers are
+        computed again and dropped.
+        """
         order = list(missing)
+        if getattr(self.backend, "batches_in_order", False):
+            full = list(everything)
+            size = settings.batch_size
+            chunks = [full[i : i + size] for i in range(0, len(full), size)]
+            order = [key for chunk in chunks if any(k in missing for k in chunk) for key in chunk]
         got: dict[str, str] = {}
         failed: Counter[str] = Counter()
 
         def done(index: int, reply: Reply) -> None:
             key = order[index]
+            if key not in missing:
+                return  # a stored answer's batch-mate, made again only to keep the batch whole
             self.calls.put(key, ANSWER, reply.record())
             if reply.status == OK and reply.text is not None:
                 got[key] = reply.text
             else:
                 failed[reply.status] += 1
 
-        self.backend.run([missing[key] for key in order], settings, cap, done)
-        lost = len(order) - len(got) - sum(failed.values())
+        self.backend.run([everything[key] for key in order], settings, cap, done)
+        lost = len(missing) - len(got) - sum(failed.values())
         if lost:
             failed["not finished"] += lost
         if failed:
             detail = ", ".join(f"{n} {status}" for status, n in sorted(failed.items()))
             raise AnswerError(
-                f"{self.name}: {sum(failed.values())} of {len(order)} answers failed at turn "
+                f"{self.name}: {sum(failed.values())} of {len(missing)} answers failed at turn "
                 f"{turn + 1} ({detail}); the {len(got)} finished ones are stored, re-run to ask "
                 "for the rest"
             )

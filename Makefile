@@ -78,6 +78,7 @@ bench: setup
 	python benchmarks/bench_train.py
 	python benchmarks/bench_winrate.py
 	python benchmarks/bench_judge.py
+	python benchmarks/bench_numerics.py
 
 clean:
 	rm -rf data/pairs data/annotate data/beta data/eval models mlflow.db mlartifacts mlruns build/plots

@@ -72,14 +72,16 @@ def test_a_committed_report_perturbed_by_1e7_is_equivalent_by_1e2_differs(path):
 
 
 def test_json_strings_integers_and_structure_are_exact():
-    base = {"method": "sp2dpo", "global_step": 3, "final_loss": 0.6932, "flags": [True, None]}
+    base = {"method": "sp2dpo", "global_step": 3, "num_tokens": 1_000_000, "final_loss": 0.6932,
+            "flags": [True, None]}
 
     def cmp(new):
         return compare_file("r.json", json.dumps(base).encode(), json.dumps(new).encode())
 
     assert not cmp({**base, "method": "dpo"}).equivalent
     assert "method" in cmp({**base, "method": "dpo"}).reason
-    assert not cmp({**base, "global_step": 4}).equivalent  # counts are not float noise
+    assert not cmp({**base, "global_step": 4}).equivalent  # counts are not float noise,
+    assert not cmp({**base, "num_tokens": 1_000_001}).equivalent  # however close
     assert not cmp({**base, "flags": [False, None]}).equivalent
     assert not cmp({**base, "extra": 1}).equivalent
     assert not cmp({**base, "flags": [True]}).equivalent
@@ -141,7 +143,9 @@ def test_text_numbers_within_tolerance_words_exact():
     old = b"| method | WR |\n|---|---|\n| dpo | 38.22863017677538 |\n3 of 8 pairs\n"
     assert compare_file("eval.md", old, old.replace(b"38.22863017677538", b"38.22862205140234")).equivalent
     assert not compare_file("eval.md", old, old.replace(b"38.22863017677538", b"38.3")).equivalent
-    assert not compare_file("eval.md", old, old.replace(b"3 of 8", b"4 of 8")).equivalent  # integers exact
+    assert not compare_file("eval.md", old, old.replace(b"3 of 8", b"4 of 8")).equivalent  # integers exact,
+    big = b"1000000 tokens\n"
+    assert not compare_file("eval.md", big, b"1000001 tokens\n").equivalent  # however close
     assert not compare_file("eval.md", old, old.replace(b"dpo", b"ipo")).equivalent
     # a file type with no rules compares exactly
     assert not compare_file("plot.png", b"\x89PNG1", b"\x89PNG2").equivalent

@@ -213,22 +213,17 @@ def _sides(check: OutputCheck, versions: Versions) -> _Sides:
     return _Sides(old=old, new=target.read_bytes())
 
 
-def describe_output(check: OutputCheck, versions: Versions) -> str:
-    """What differs between REV's copy of an output and the re-run's (one line)."""
-    sides = _sides(check, versions)
+def _describe(path: str, sides: _Sides) -> str:
     if sides.problem:
         return sides.problem
     if sides.old_listing is not None:
         assert sides.new_listing is not None and sides.read_old and sides.read_new
         return describe.describe_dir(sides.old_listing, sides.new_listing, sides.read_old, sides.read_new)
     assert sides.old is not None and sides.new is not None
-    return describe.describe_file(check.path, sides.old, sides.new)
+    return describe.describe_file(path, sides.old, sides.new)
 
 
-def judge_output(check: OutputCheck, versions: Versions, tol: float) -> tolerance.Closeness:
-    """Whether an output whose md5 differs is equivalent within ``tol`` (relative), with the
-    largest deviation found (:mod:`sp2dpo.audit.tolerance`)."""
-    sides = _sides(check, versions)
+def _judge(path: str, sides: _Sides, tol: float) -> tolerance.Closeness:
     if sides.problem:
         return tolerance.Closeness(False, reason=sides.problem)
     if sides.old_listing is not None:
@@ -236,21 +231,32 @@ def judge_output(check: OutputCheck, versions: Versions, tol: float) -> toleranc
         return tolerance.compare_dir(sides.old_listing, sides.new_listing, sides.read_old,
                                      sides.read_new, tol)
     assert sides.old is not None and sides.new is not None
-    return tolerance.compare_file(check.path, sides.old, sides.new, tol)
+    return tolerance.compare_file(path, sides.old, sides.new, tol)
+
+
+def describe_output(check: OutputCheck, versions: Versions) -> str:
+    """What differs between REV's copy of an output and the re-run's (one line)."""
+    return _describe(check.path, _sides(check, versions))
 
 
 def settle(check: OutputCheck, versions: Versions, tol: float) -> None:
     """Settle an output whose md5 differs: EQUIVALENT (detail: the largest deviation) when its
-    content agrees within ``tol``, else DIFFERS with what differs and the largest deviation."""
+    content agrees within ``tol`` (:mod:`sp2dpo.audit.tolerance`), else DIFFERS with what
+    differs and the largest deviation. Both versions are read once for the two."""
     try:
-        closeness = judge_output(check, versions, tol)
+        sides = _sides(check, versions)
+    except Exception as exc:  # an unreadable copy must not hide the verdict: it differs
+        check.status, check.detail = DIFFERS, f"md5 {check.expected_md5} -> {check.actual_md5} (not read: {exc})"
+        return
+    try:
+        closeness = _judge(check.path, sides, tol)
     except Exception as exc:  # a comparer bug must not hide the verdict: it differs
         closeness = tolerance.Closeness(False, reason=f"not compared ({exc})")
     if closeness.equivalent:
         check.status, check.detail = EQUIVALENT, closeness.describe()
         return
     try:
-        detail = describe_output(check, versions)
+        detail = _describe(check.path, sides)
     except Exception as exc:  # a describer bug must not hide the verdict
         detail = f"md5 {check.expected_md5} -> {check.actual_md5} (not described: {exc})"
     if closeness.deviation:

@@ -121,18 +121,19 @@ def check_tolerance(tolerance: float) -> float:
 
 
 def compare_file(name: str, old: bytes, new: bytes, tolerance: float = DEFAULT_TOLERANCE) -> Closeness:
-    """Compare two versions of the file ``name`` (its suffix picks the rules of the module)."""
+    """Compare two versions of the file ``name`` (its suffix picks the rules of the module); the
+    reason, when not equivalent, names the place inside the file, not the file."""
     if old == new:
         return Closeness(True)
     suffix = name.lower().rsplit(".", 1)[-1] if "." in name else ""
     comparer = _COMPARERS.get(suffix)
     if comparer is None:
-        return Closeness(False, reason=f"{name}: bytes differ and .{suffix or '(none)'} files compare exactly")
+        return Closeness(False, reason=f"bytes differ and .{suffix or '(none)'} files compare exactly")
     tracker = _Tracker(tolerance)
     try:
         comparer(old, new, tracker)
     except Exception as exc:  # unreadable as its suffix says: it cannot be shown equivalent
-        return Closeness(False, reason=f"{name}: not comparable as .{suffix} ({_short(str(exc))})")
+        return Closeness(False, reason=f"not comparable as .{suffix} ({_short(str(exc))})")
     return tracker.result()
 
 
@@ -277,12 +278,10 @@ def compare_dir(
         if a is None or b is None:
             return Closeness(False, worst.deviation, worst.where, f"{path}: a copy is not available")
         result = compare_file(path, a, b, tolerance)
-        if not result.equivalent:
-            return Closeness(False, max(worst.deviation, result.deviation),
-                             f"{path}: {result.where}" if result.deviation >= worst.deviation else worst.where,
-                             result.reason if result.reason.startswith(path) else f"{path}: {result.reason}")
         if result.deviation > worst.deviation:
             worst = Closeness(True, result.deviation, f"{path}: {result.where}")
+        if not result.equivalent:
+            return Closeness(False, worst.deviation, worst.where, f"{path}: {result.reason}")
     return worst
 
 

@@ -193,11 +193,8 @@ def logits_fingerprint(spec: str) -> dict[str, object]:
     import hashlib
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    location = resolve(spec)
-    tokenizer = AutoTokenizer.from_pretrained(location)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32).eval()
+    model, tokenizer = load_causal_lm(spec)
     ids = tokenizer([FINGERPRINT_TEXT], return_tensors="pt")
     with torch.inference_mode():
         logits = model(**ids).logits

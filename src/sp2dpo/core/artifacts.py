@@ -12,14 +12,14 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pandera.pandas as pa
 
-from sp2dpo.core.errors import SchemaViolation
+from sp2dpo.core.errors import OutputPathError, SchemaViolation
 
 #: Table formats understood by :func:`read_table` / :func:`write_table`, by file suffix.
 TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
@@ -34,6 +34,36 @@ def _process_umask() -> int:
 #: Mode of every file written here: what ``open()`` would give (0666 minus the umask, read once
 #: at import), not the 0600 of the temporary file it is renamed from.
 FILE_MODE = 0o666 & ~_process_umask()
+
+
+def check_output(path: str | Path, *, inputs: Iterable[str | Path | None] = (), what: str = "output") -> Path:
+    """Refuse an output file path that cannot be written, before any work is done.
+
+    ``what`` names the path for the message (a flag such as ``--out``). Refused: an existing
+    folder, a path under a file, and a path that is one of ``inputs`` (the same file, however
+    spelled): writing there would destroy what is being read.
+
+    Raises:
+        OutputPathError: naming ``what``, the path and the reason.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{what} {path}: is a folder; give a file path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputPathError(f"{what} {path}: cannot be created, {parent} is a file")
+            break
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise OutputPathError(f"{what} {path}: is the input {source}; write elsewhere")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 
 @contextlib.contextmanager
@@ -51,8 +81,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         'done'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a folder, cannot write a file there")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(f"{path}: cannot be created, a part of its folder path is a file") from None
+    except PermissionError:
+        raise OutputPathError(f"{path}: permission denied") from None
     os.close(fd)
     tmp = Path(name)
     try:

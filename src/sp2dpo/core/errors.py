@@ -20,3 +20,7 @@ class ConfigError(UserError, ValueError):
 
 class SchemaViolation(UserError, ValueError):
     """A table that breaks its schema; the message names file, column, rule and first rows."""
+
+
+class OutputPathError(UserError, ValueError):
+    """An output path that cannot be written: under a file, an existing folder, or an input."""

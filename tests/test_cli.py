@@ -70,3 +70,34 @@ def test_stage_subcommands_take_their_paths_as_flags():
     evaluate = parser.parse_args(["eval", "smollm2", "--adapters", "m", "--out", "o", "--report", "r.json"])
     assert (evaluate.adapters, evaluate.out, evaluate.report) == ("m", "o", "r.json")
     assert parser.parse_args(["report", "--reports", "x"]).reports == "x"
+
+
+def _subcommands(parser, prefix=()):
+    """Every subcommand path of the parser (``("audit", "diff")``, ...), depth first."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from _subcommands(sub, (*prefix, name))
+
+
+def test_help_of_the_command_and_every_subcommand_exits_0(capsys):
+    """`sp2dpo --help` lists every subcommand's one-line help (formatted with %-expansion, so a
+    stray percent sign there crashed the top-level help only); each subcommand's own page too."""
+    import pytest
+
+    paths = [(), *_subcommands(cli.make_parser())]
+    assert len(paths) > 20 and ("audit", "diff") in paths and ("sweep", "select") in paths
+    for path in paths:
+        for flag in ("--help", "-h"):
+            with pytest.raises(SystemExit) as done:
+                cli.main([*path, flag])
+            assert done.value.code == 0, path
+            out = capsys.readouterr().out
+            assert out.startswith("usage: sp2dpo"), path
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("arenahard", "prefeval", "verify", "numerics"))

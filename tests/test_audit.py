@@ -192,3 +192,114 @@ def test_panel_check_covers_variants_and_the_gate_counts_added_and_removed_pairs
     assert cli.main(["audit", "diff", str(old), str(shrunk), "--fail-on-change"]) == 1
     assert cli.main(["audit", "diff", str(old), str(grown), "--fail-on-change"]) == 1
     assert cli.main(["audit", "diff", str(old), str(old), "--fail-on-change"]) == 0
+
+
+# ------------------------------------------------------------------------------ the gate checks what it is given
+
+
+def _edit_csv(src: Path, dst: Path, edit) -> Path:
+    """A copy of a CSV whose rows (header first, as lists of fields) ``edit`` changes in place."""
+    import csv
+
+    with open(src, newline="") as fh:
+        rows = list(csv.reader(fh))
+    edit(rows)
+    with open(dst, "w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+    return dst
+
+
+def _set(column: str, row: int, value: str):
+    def edit(rows: list[list[str]]) -> None:
+        rows[row + 1][rows[0].index(column)] = value
+    return edit
+
+
+def test_the_gate_refuses_a_corrupted_artifact_with_its_line_and_column(tmp_path, capsys):
+    """A truncated last row, a blank or non-numeric beta, an infinite or out-of-envelope one and a
+    pair given twice each stop `audit diff --fail-on-change` with status 2 and a message naming
+    the place; before, the first two passed the gate as "0 changed"."""
+    import warnings
+
+    old = make_artifact(tmp_path, "old", OLD_ROWS)
+    capsys.readouterr()
+    col = audit_diff.DEFAULT_COLUMN
+    cases = {
+        "truncated": (lambda rows: rows[-1].__delitem__(slice(-5, None)), "line 5 has"),
+        "blank": (_set(col, 3, ""), f"column '{col}' fails not_nullable at row(s) 3"),
+        "text": (_set(col, 1, "abc"), f"row 1 (line 3), column '{col}': 'abc' is not a number"),
+        "inf": (_set(col, 2, "inf"), f"column '{col}' fails in_range"),
+        "outside": (_set(col, 2, "5.0"), "envelope [0.03, 0.3] from the default envelope"),
+        "twice": (lambda rows: rows.append(list(rows[1])), "prompt_id' fails field_uniqueness"),
+    }
+    for name, (edit, expected) in cases.items():
+        bad = _edit_csv(old, tmp_path / f"{name}.csv", edit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a numpy RuntimeWarning on inf leaked before
+            status = cli.main(["audit", "diff", str(old), str(bad), "--fail-on-change"])
+        err = capsys.readouterr().err
+        assert status == 2, name
+        assert err.startswith(f"sp2dpo: error: {bad}") and expected in err, (name, err)
+    # the same file unchanged passes, so the refusals above are about the edits
+    assert cli.main(["audit", "diff", str(old), str(_edit_csv(old, tmp_path / "same.csv", lambda r: None)),
+                     "--fail-on-change"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_envelope_comes_from_the_flags_else_the_recorded_params_else_the_default(tmp_path, capsys):
+    old = make_artifact(tmp_path, "old", OLD_ROWS)  # betas 0.03 .. 0.3
+    capsys.readouterr()
+    assert cli.main(["audit", "diff", str(old), str(old), "--beta-min", "0.05", "--beta-max", "0.3"]) == 2
+    assert "envelope [0.05, 0.3] from --beta-min/--beta-max" in capsys.readouterr().err
+    assert cli.main(["audit", "diff", str(old), str(old), "--beta-min", "0.01"]) == 2
+    assert "--beta-min and --beta-max go together" in capsys.readouterr().err
+    params = {"beta.min": 0.05, "beta.max": 0.3}
+    with pytest.raises(audit_diff.AuditError, match=r"envelope \[0.05, 0.3\] from the recorded params"):
+        audit_diff._parse_csv(old.read_bytes(), "old.csv", None, params)
+    wide = {"beta.min": 0.01, "beta.max": 0.5}
+    assert len(audit_diff._parse_csv(old.read_bytes(), "old.csv", None, wide)) == 4
+
+
+def test_a_minimal_schedule_is_checked_with_the_artifacts_rules(tmp_path, capsys):
+    good = tmp_path / "good.csv"
+    good.write_text("prompt_id,beta_annotators_mean_ens\na,0.1\nb,0.2\n")
+    moved = tmp_path / "moved.csv"
+    moved.write_text("prompt_id,beta_annotators_mean_ens\na,0.1\nb,0.29\n")
+    assert cli.main(["audit", "diff", str(good), str(moved), "--json", "--fail-on-change"]) == 1
+    assert json.loads(capsys.readouterr().out)["n_changed"] == 1
+    for name, text, expected in [
+        ("blank", "prompt_id,beta_annotators_mean_ens\na,0.1\nb,\n", "fails not_nullable at row(s) 1"),
+        ("twice", "prompt_id,beta_annotators_mean_ens\na,0.1\na,0.2\n", "fails field_uniqueness"),
+        ("short", "prompt_id,beta_annotators_mean_ens\na,0.1\nb\n", "line 3 has 1 of 2 fields"),
+        ("nobeta", "prompt_id,x\na,0.1\n", "needs a prompt_id column and at least one beta_* column"),
+    ]:
+        path = tmp_path / f"{name}.csv"
+        path.write_text(text)
+        assert cli.main(["audit", "diff", str(good), str(path), "--fail-on-change"]) == 2, name
+        assert expected in capsys.readouterr().err, name
+
+
+def test_the_gates_flags_are_refused_by_name(tmp_path, capsys):
+    """A non-finite threshold let a change of 0.09 -> 5.0 through the gate; conflicting formats,
+    a folder, a category column as --column and a beta artifact as --pairs were tracebacks or
+    silent choices."""
+    old = make_artifact(tmp_path, "old", OLD_ROWS)
+    new = make_artifact(tmp_path, "new", NEW_ROWS)
+    capsys.readouterr()
+    for argv, expected in [
+        (["--threshold", "nan"], "argument --threshold: must be a finite number, got nan"),
+        (["--threshold", "inf"], "argument --threshold: must be a finite number, got inf"),
+        (["--threshold=-1"], "argument --threshold: must be a finite number >= 0, got -1"),
+        (["--top=-1"], "argument --top: must be an integer >= 0, got -1"),
+        (["--json", "--format", "markdown"], "--json and --format markdown ask for two formats"),
+        (["--column", "category_qa_ens"], "--column category_qa_ens: not a beta column"),
+        (["--pairs", str(old)], f"--pairs {old}: not a pairs table (no prompt column)"),
+        (["--pairs", str(tmp_path)], f"--pairs {tmp_path}: is a folder"),
+    ]:
+        assert cli.main(["audit", "diff", str(old), str(new), "--fail-on-change", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (argv, err)
+    assert cli.main(["audit", "diff", str(old), str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder; give a beta artifact CSV" in capsys.readouterr().err
+    assert cli.main(["audit", "diff", str(old), str(new), "--fail-on-change", "--format", "json", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["n_changed"] == 1

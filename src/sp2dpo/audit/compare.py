@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import subprocess
@@ -25,8 +24,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from sp2dpo.core.beta import JMAMP_COLUMN, panel_of, read_artifact_frame
-from sp2dpo.core.config import flatten
+from sp2dpo.core.beta import JMAMP_COLUMN, panel_of, parse_beta_table
+from sp2dpo.core.config import BetaConfig, flatten
 from sp2dpo.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -133,21 +132,32 @@ def _params_at(
     return merged, f"{where}:dvc.lock ({PRODUCER_STAGE})"
 
 
-def _parse_csv(content: bytes, label: str) -> pd.DataFrame:
+#: (beta_min, beta_max): the envelope a side's beta values must lie in.
+Envelope = tuple[float, float]
+
+
+def envelope_of(params: Mapping[str, Any], override: Envelope | None = None) -> tuple[Envelope, str]:
+    """The envelope a side is checked against, and where it comes from: ``override`` (the
+    ``--beta-min``/``--beta-max`` flags), else the producing stage's recorded ``beta.min`` and
+    ``beta.max``, else the defaults (the paper's [0.03, 0.3])."""
+    if override is not None:
+        return override, "--beta-min/--beta-max"
+    if "beta.min" in params and "beta.max" in params:
+        return (float(params["beta.min"]), float(params["beta.max"])), "the recorded params"
+    default = BetaConfig()
+    return (default.min, default.max), "the default envelope"
+
+
+def _parse_csv(content: bytes, label: str, envelope: Envelope | None = None,
+               params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """The side's table, checked as strictly as the aggregate stage writes it (field counts,
+    cell types, schema, finite values inside the envelope, one row per pair)."""
+    (lo, hi), source = envelope_of(params or {}, envelope)
     try:
-        header = list(pd.read_csv(io.BytesIO(content), nrows=0).columns)
-    except Exception as exc:
-        raise AuditError(f"{label}: not a readable CSV ({exc})") from None
-    if "prompt_id" not in header:
-        raise AuditError(f"{label}: not a beta artifact (no prompt_id column)")
-    try:
-        frame = read_artifact_frame(io.BytesIO(content), header)
-    except ValueError as exc:  # a non-numeric cell in a numeric column
-        raise AuditError(f"{label}: {exc}") from None
-    duplicated = frame["prompt_id"][frame["prompt_id"].duplicated()]
-    if len(duplicated):
-        raise AuditError(f"{label}: prompt_id {duplicated.iloc[0]!r} appears more than once")
-    return frame
+        return parse_beta_table(content, label, lo, hi)
+    except (UserError, ValueError) as exc:
+        raise AuditError(f"{exc} [envelope [{lo}, {hi}] from {source}]"
+                         if "in_range" in str(exc) or "outside" in str(exc) else str(exc)) from None
 
 
 def side_from_bytes(content: bytes, label: str) -> Side:
@@ -156,16 +166,20 @@ def side_from_bytes(content: bytes, label: str) -> Side:
     return Side(label, _parse_csv(content, label), {}, "unknown (read from bytes)")
 
 
-def load_side(spec: str, cwd: str | Path = ".") -> Side:
-    """Read one side of a diff: ``path`` or ``REV:path``.
+def load_side(spec: str, cwd: str | Path = ".", *, envelope: Envelope | None = None) -> Side:
+    """Read one side of a diff: ``path`` or ``REV:path``, checked as strictly as the pipeline
+    writes it (:func:`sp2dpo.core.beta.parse_beta_table`) against ``envelope``, else the
+    envelope its producing stage recorded, else the default one.
 
     Raises:
         AuditError: the revision does not exist, the path is not tracked at that revision (by git
-            or DVC), or the file is not a beta artifact.
+            or DVC), or the file is not a well-formed beta artifact.
     """
     cwd = Path(cwd)
     local = cwd / spec
     if local.exists() or ":" not in spec:
+        if local.is_dir():
+            raise AuditError(f"{spec}: is a folder; give a beta artifact CSV (or REV:path)")
         if not local.exists():
             raise AuditError(f"{spec}: no such file")
         content = local.read_bytes()
@@ -175,7 +189,7 @@ def load_side(spec: str, cwd: str | Path = ".") -> Side:
             params, source = _params_at(repo, None, rel, content)
         except (AuditError, ValueError):
             params, source = {}, "unknown (not inside a git repository)"
-        return Side(spec, _parse_csv(content, spec), params, source)
+        return Side(spec, _parse_csv(content, spec, envelope, params), params, source)
     rev, path = spec.split(":", 1)
     repo = git_root(cwd.resolve())
     commit = resolve_commit(repo, rev)
@@ -189,7 +203,29 @@ def load_side(spec: str, cwd: str | Path = ".") -> Side:
             "and no dvc.lock / .dvc file of that revision names it"
         )
     params, source = _params_at(repo, commit, Path(rel).as_posix(), content)
-    return Side(spec, _parse_csv(content, spec), params, source)
+    return Side(spec, _parse_csv(content, spec, envelope, params), params, source)
+
+
+def load_pairs(path: str | Path) -> pd.DataFrame:
+    """The pairs table behind ``--pairs`` (``prompt_id``, ``prompt``), for prompt snippets.
+
+    Raises:
+        AuditError: not a table, or without those columns.
+    """
+    from sp2dpo.core.artifacts import read_table
+
+    if Path(path).is_dir():
+        raise AuditError(f"--pairs {path}: is a folder; give a pairs table")
+    try:
+        frame = read_table(path)
+    except FileNotFoundError:
+        raise AuditError(f"--pairs {path}: no such file") from None
+    except Exception as exc:  # pyarrow, JSON and CSV parsers each raise their own kind
+        raise AuditError(f"--pairs {path}: not a readable table ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in ("prompt_id", "prompt") if c not in frame.columns]
+    if missing:
+        raise AuditError(f"--pairs {path}: not a pairs table (no {' or '.join(missing)} column)")
+    return frame[["prompt_id", "prompt"]].astype({"prompt_id": str})
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,8 +278,10 @@ def diff(
         A flat-ish dict (JSON-serialisable) with the pinned keys ``n_old, n_new, added, removed,
         common, mean_abs_change, max_abs_change, n_changed, category_flips`` and more.
     """
-    if threshold < 0:
-        raise AuditError(f"--threshold must be >= 0, got {threshold}")
+    if not (np.isfinite(threshold) and threshold >= 0):
+        raise AuditError(f"--threshold must be a finite number >= 0, got {threshold}")
+    if not column.startswith("beta_"):
+        raise AuditError(f"--column {column}: not a beta column (the compared column is a beta_* column)")
     panel_old, panel_new = panel(old.frame), panel(new.frame)
     if panel_old != panel_new and not allow_panel_change:
 

@@ -54,6 +54,7 @@ from sp2dpo.audit.outputs import (
     settle,
 )
 from sp2dpo.audit.tolerance import DEFAULT_TOLERANCE, check_tolerance
+from sp2dpo.core.programs import dvc_executable
 
 #: Exit status of ``sp2dpo verify`` by verdict, and when the re-run itself failed.
 EXIT_STATUS = {IDENTICAL: 0, DIFFERS: 1, EQUIVALENT: 4}
@@ -108,13 +109,10 @@ def _last_lines(text: str, n: int = 5) -> str:
     return " | ".join(lines[-n:]) or "no output"
 
 
-def dvc_executable() -> str:
-    """DVC beside the running interpreter, else on PATH."""
-    beside = Path(sys.executable).parent / "dvc"
-    found = str(beside) if beside.exists() else shutil.which("dvc")
-    if not found:
-        raise VerifyError("dvc is not installed (it comes with the sp2dpo package: pip install -e .)")
-    return found
+def local_changes(root: Path) -> bool:
+    """Whether tracked files in ``root`` differ from HEAD (``git status`` of tracked files)."""
+    proc = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, env=_git_env())
+    return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
 def _git_env() -> dict[str, str]:
@@ -179,7 +177,15 @@ def verify(
     dvc = dvc_executable()
     shared_cache = _dvc_cache_dir(root, dvc)
     if workdir is not None:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+        if Path(workdir).exists() and not Path(workdir).is_dir():
+            raise VerifyError(f"--workdir {workdir}: is a file, not a folder")
+        try:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VerifyError(f"--workdir {workdir}: cannot be created ({exc.strerror})") from None
+    if local_changes(root):
+        progress(f"the working tree has local changes; they are not verified: this re-runs {rev} "
+                 f"({sha[:12]}) from its commit, code and data as committed")
     work = Path(tempfile.mkdtemp(prefix=f"sp2dpo-verify-{sha[:12]}-", dir=workdir)).resolve()
     try:
         report = _verify_in(work, root, sha, rev, dvc, shared_cache, recall_teachers, tolerance, progress)

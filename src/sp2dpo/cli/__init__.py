@@ -55,6 +55,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    """Run the command; its exit status (argparse's too: 0 after ``--help``, 2 for a bad flag)."""
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     return guarded(lambda: args.func(args), verbose=args.verbose)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sp2dpo.cli.common import Subparsers
+from sp2dpo.cli.common import Subparsers, positive_int, rounds_int, seed_int
 from sp2dpo.core.entry import print_json
 from sp2dpo.evaluate import arenahard, ifeval, mtbench, prefeval, winrate
 
@@ -75,8 +75,8 @@ def add_ifeval(sub: Subparsers) -> None:
     p.add_argument("--responses", required=True, metavar="FILE", help="responses JSONL(.gz)")
     p.add_argument("--input", default=str(ifeval.DEFAULT_INPUT), metavar="FILE",
                    help=f"IFEval prompts JSONL(.gz) (default: {ifeval.DEFAULT_INPUT})")
-    p.add_argument("--limit", type=int, default=None, help="score a seeded subset of this many prompts")
-    p.add_argument("--seed", type=int, default=42, help="seed of the --limit subset")
+    p.add_argument("--limit", type=positive_int, default=None, help="score a seeded subset of this many prompts")
+    p.add_argument("--seed", type=seed_int, default=42, help="seed of the --limit subset")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the per-prompt records as JSONL")
     p.add_argument("--breakdown", action="store_true", help="add counts per instruction id and category")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -117,12 +117,12 @@ def add_arenahard(sub: Subparsers) -> None:
                      help="battle table JSONL(.gz) (question_id, model_a, model_b, winner)")
     p.add_argument("--baseline", default=arenahard.DEFAULT_BASELINE,
                    help=f"the anchor model (default: {arenahard.DEFAULT_BASELINE})")
-    p.add_argument("--weight", type=int, default=None,
+    p.add_argument("--weight", type=positive_int, default=None,
                    help=f"battle rows per strong verdict, --judgments only "
                    f"(default: {arenahard.DEFAULT_WEIGHT})")
-    p.add_argument("--rounds", type=int, default=arenahard.DEFAULT_ROUNDS,
+    p.add_argument("--rounds", type=rounds_int, default=arenahard.DEFAULT_ROUNDS,
                    help=f"bootstrap rounds; 0: no interval (default: {arenahard.DEFAULT_ROUNDS})")
-    p.add_argument("--seed", type=int, default=arenahard.DEFAULT_SEED,
+    p.add_argument("--seed", type=seed_int, default=arenahard.DEFAULT_SEED,
                    help=f"seed of the bootstrap resamples (default: {arenahard.DEFAULT_SEED})")
     p.add_argument("--json", action="store_true", help="print one JSON object: model -> scores")
     p.set_defaults(func=_cmd_arenahard)
@@ -182,19 +182,19 @@ def add_prefeval(sub: Subparsers) -> None:
     p.add_argument("--revision", default=None, help="pinned revision of an HF model id")
     p.add_argument("--chat-template", default=None, metavar="TEMPLATE",
                    help="Jinja string or .jinja file overriding the tokenizer's chat template")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="score the first N usable pairs in file order (default: all)")
-    p.add_argument("--max-length", type=int, default=prefeval.DEFAULT_MAX_LENGTH,
+    p.add_argument("--max-length", type=positive_int, default=prefeval.DEFAULT_MAX_LENGTH,
                    help=f"max prompt+completion tokens, keeping the start "
                    f"(default: {prefeval.DEFAULT_MAX_LENGTH})")
-    p.add_argument("--max-prompt-length", type=int, default=prefeval.DEFAULT_MAX_PROMPT_LENGTH,
+    p.add_argument("--max-prompt-length", type=positive_int, default=prefeval.DEFAULT_MAX_PROMPT_LENGTH,
                    help=f"max prompt tokens, keeping the end "
                    f"(default: {prefeval.DEFAULT_MAX_PROMPT_LENGTH})")
-    p.add_argument("--batch-size", type=int, default=prefeval.DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=positive_int, default=prefeval.DEFAULT_BATCH_SIZE,
                    help=f"pairs per forward pass (default: {prefeval.DEFAULT_BATCH_SIZE})")
-    p.add_argument("--rounds", type=int, default=prefeval.DEFAULT_ROUNDS,
+    p.add_argument("--rounds", type=rounds_int, default=prefeval.DEFAULT_ROUNDS,
                    help=f"bootstrap rounds; 0: no interval (default: {prefeval.DEFAULT_ROUNDS})")
-    p.add_argument("--seed", type=int, default=prefeval.DEFAULT_SEED,
+    p.add_argument("--seed", type=seed_int, default=prefeval.DEFAULT_SEED,
                    help=f"seed of the bootstrap resamples (default: {prefeval.DEFAULT_SEED})")
     p.add_argument("--device", default="cpu",
                    help="torch device (default: cpu, in float32; cuda runs in bfloat16)")

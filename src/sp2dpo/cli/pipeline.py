@@ -11,7 +11,15 @@ import dataclasses
 from pathlib import Path
 
 from sp2dpo import aggregate, annotate, data, evaluate, report
-from sp2dpo.cli.common import Subparsers, add_params, load_params, side_path
+from sp2dpo.cli.common import (
+    Subparsers,
+    add_params,
+    finite_float,
+    load_params,
+    positive_int,
+    seed_int,
+    side_path,
+)
 from sp2dpo.core import config
 from sp2dpo.core.entry import print_json
 
@@ -119,9 +127,9 @@ def add_aggregate(sub: Subparsers) -> None:
     add_params(p, "`aggregate`, `beta`")
     p.add_argument("--calls", default=str(aggregate.AggregatePaths.pipeline().calls), help="call table (.parquet or .csv)")
     p.add_argument("--out", default=str(aggregate.AggregatePaths.pipeline().out), help="beta artifact CSV to write")
-    p.add_argument("--beta-min", type=float, default=None, help="override beta.min (paper: 0.03)")
-    p.add_argument("--beta-max", type=float, default=None, help="override beta.max (paper: 0.3)")
-    p.add_argument("--seed", type=int, default=None, help="override beta.seed of beta_random (42)")
+    p.add_argument("--beta-min", type=finite_float, default=None, help="override beta.min (paper: 0.03)")
+    p.add_argument("--beta-max", type=finite_float, default=None, help="override beta.max (paper: 0.3)")
+    p.add_argument("--seed", type=seed_int, default=None, help="override beta.seed of beta_random (42)")
     p.add_argument("--report-dir", default=None,
                    help="write DIR/aggregate.json and DIR/aggregate/*.png|csv (default: beside --out)")
     p.add_argument("--no-reports", action="store_true", help="write the artifact only")
@@ -240,7 +248,7 @@ def add_judge(sub: Subparsers) -> None:
     p.add_argument("--calls", default=None, help="call store folder (default: `calls/` beside --out)")
     p.add_argument("--reference", default=None,
                    help="reference outputs (default: eval.alpaca_eval.reference_outputs)")
-    p.add_argument("--limit", type=int, default=None, help="judge only the first N outputs")
+    p.add_argument("--limit", type=positive_int, default=None, help="judge only the first N outputs")
     p.add_argument("--estimate", action="store_true",
                    help="print the calls, tokens and maximum cost of what is missing; call nothing")
     p.set_defaults(func=_cmd_judge)

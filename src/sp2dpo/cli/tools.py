@@ -9,19 +9,37 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo import audit, tracking
-from sp2dpo.cli.common import Subparsers, add_params, load_params
+from sp2dpo.cli.common import (
+    Subparsers,
+    add_params,
+    finite_float,
+    load_params,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 from sp2dpo.core import artifacts, config
 from sp2dpo.core.entry import print_json
+from sp2dpo.core.programs import dvc_executable
 from sp2dpo.report import plots_html
 
 # ------------------------------------------------------------------------------ audit
 
 
 def _cmd_audit_diff(args: argparse.Namespace) -> int:
-    pairs = artifacts.read_table(args.pairs, columns=["prompt_id", "prompt"]) if args.pairs else None
+    if args.json and args.format not in (None, "json"):
+        raise ValueError(f"--json and --format {args.format} ask for two formats; give one")
+    envelope = None
+    if (args.beta_min is None) != (args.beta_max is None):
+        raise ValueError("--beta-min and --beta-max go together (the envelope the artifacts must lie in)")
+    if args.beta_min is not None:
+        if not 0 < args.beta_min < args.beta_max:
+            raise ValueError(f"--beta-min {args.beta_min} and --beta-max {args.beta_max}: need 0 < min < max")
+        envelope = (args.beta_min, args.beta_max)
+    pairs = audit.load_pairs(args.pairs) if args.pairs else None
     result = audit.diff(
-        audit.load_side(args.old),
-        audit.load_side(args.new),
+        audit.load_side(args.old, envelope=envelope),
+        audit.load_side(args.new, envelope=envelope),
         column=args.column,
         threshold=args.threshold,
         category_column=args.category_column,
@@ -29,7 +47,7 @@ def _cmd_audit_diff(args: argparse.Namespace) -> int:
         pairs=pairs,
         top=args.top,
     )
-    print(audit.render(result, "json" if args.json else args.format), end="")
+    print(audit.render(result, "json" if args.json else args.format or "text"), end="")
     changed = result["n_changed"] + result["added"] + result["removed"]
     return 1 if args.fail_on_change and changed > 0 else 0
 
@@ -47,14 +65,20 @@ def add_audit(sub: Subparsers) -> None:
     d.add_argument("old", metavar="OLD")
     d.add_argument("new", metavar="NEW")
     d.add_argument("--column", default=audit.DEFAULT_COLUMN, help="beta column to compare")
-    d.add_argument("--threshold", type=float, default=audit.DEFAULT_THRESHOLD,
+    d.add_argument("--threshold", type=non_negative_float, default=audit.DEFAULT_THRESHOLD,
                    help="a pair changed when |new - old| exceeds this")
     d.add_argument("--category-column", default=None,
                    help="category column for flips (default: the first category_*_ens column)")
-    d.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    d.add_argument("--format", choices=["text", "markdown", "json"], default=None,
+                   help="output format (default: text)")
     d.add_argument("--json", action="store_true", help="same as --format json")
+    d.add_argument("--beta-min", type=finite_float, default=None,
+                   help="envelope both artifacts must lie in, with --beta-max (default: the one "
+                   "the producing stage recorded in dvc.lock, else the paper's 0.03)")
+    d.add_argument("--beta-max", type=finite_float, default=None,
+                   help="upper end of that envelope (default: recorded, else the paper's 0.3)")
     d.add_argument("--pairs", default=None, help="pairs table (prompt_id, prompt) for prompt snippets")
-    d.add_argument("--top", type=int, default=10, help="how many top changed pairs to list")
+    d.add_argument("--top", type=non_negative_int, default=10, help="how many top changed pairs to list")
     d.add_argument("--allow-panel-change", action="store_true",
                    help="compare artifacts produced by different teacher panels")
     d.add_argument("--fail-on-change", action="store_true",
@@ -88,7 +112,7 @@ def add_verify(sub: Subparsers) -> None:
     p.add_argument("--recall-teachers", action="store_true",
                    help="call the teachers again instead of answering from REV's recorded calls "
                    "(with real APIs this costs what the annotate stage cost)")
-    p.add_argument("--tolerance", type=float, default=audit.tolerance.DEFAULT_TOLERANCE, metavar="REL",
+    p.add_argument("--tolerance", type=non_negative_float, default=audit.tolerance.DEFAULT_TOLERANCE, metavar="REL",
                    help="relative deviation of a float (of an adapter tensor: max |delta| over the "
                    "tensor's scale) that still counts as equivalent; 0: identical or differs "
                    "(default: %(default)g)")
@@ -123,7 +147,7 @@ def _select(cfg: config.SweepConfig, args: argparse.Namespace) -> int:
     from sp2dpo import sweep
     from sp2dpo.sweep import track
 
-    show = subprocess.run(["dvc", "exp", "show", "--json", *(["-A"] if args.all_commits else [])],
+    show = subprocess.run([dvc_executable(), "exp", "show", "--json", *(["-A"] if args.all_commits else [])],
                           capture_output=True, text=True, timeout=600)
     if show.returncode != 0:
         raise sweep.SweepError(f"sweep: `dvc exp show --json` failed: {show.stderr.strip()[-500:]}")
@@ -141,7 +165,7 @@ def _select(cfg: config.SweepConfig, args: argparse.Namespace) -> int:
     if args.apply:
         if selection.best is None:
             raise sweep.SweepError(f"sweep {cfg.name!r}: no experiment has a score; nothing to apply")
-        done = subprocess.run(["dvc", "exp", "apply", selection.best.name],
+        done = subprocess.run([dvc_executable(), "exp", "apply", selection.best.name],
                               capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise sweep.SweepError(f"`dvc exp apply {selection.best.name}` failed: {done.stderr.strip()[-500:]}")
@@ -177,10 +201,10 @@ def add_sweep(sub: Subparsers) -> None:
     sweep_sub = p.add_subparsers(dest="sweep_command", required=True)
     r = sweep_sub.add_parser("run", help="queue the sweep's experiments, run them with N workers, wait, select")
     add_params(r, "`sweep`")
-    r.add_argument("-j", "--jobs", type=int, default=None, help="queue workers (default: sweep.jobs)")
+    r.add_argument("-j", "--jobs", type=positive_int, default=None, help="queue workers (default: sweep.jobs)")
     r.add_argument("--no-wait", action="store_true", help="return once the workers are started")
     r.add_argument("--no-select", action="store_true", help="do not run `select` after the sweep")
-    r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+    r.add_argument("--timeout", type=non_negative_float, default=None, metavar="SECONDS",
                    help="stop waiting after this long (the queue keeps running)")
     _add_select_args(r)
     r.set_defaults(func=_cmd_sweep_run)

@@ -13,6 +13,8 @@ the dtypes and the envelope check exist once.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +25,12 @@ import pandas as pd
 
 from sp2dpo.core import artifacts
 from sp2dpo.core.errors import SchemaViolation, UserError
-from sp2dpo.core.schemas import BETA_ENVELOPE_TOLERANCE, beta_artifact_columns, beta_table_schema
+from sp2dpo.core.schemas import (
+    BETA_ENVELOPE_TOLERANCE,
+    beta_artifact_columns,
+    beta_schedule_schema,
+    beta_table_schema,
+)
 
 #: The paper's default beta column (JMAMP: mean over teachers of the prompt-ensemble beta).
 JMAMP_COLUMN = "beta_annotators_mean_ens"
@@ -89,17 +96,120 @@ def _column_dtype(name: str) -> type:
     return float
 
 
-def read_artifact_frame(source: str | Path | IO[bytes], header: list[str]) -> pd.DataFrame:
+def read_artifact_frame(source: str | Path | IO[bytes], header: list[str], where: str = "") -> pd.DataFrame:
     """Read an artifact CSV with each column's type (no validation): ``prompt_id`` and the
     category columns as text, counts as int, tie-break flags as bool, the rest as float with empty
-    cells as NaN. ``header`` is the file's column list (read it first with ``nrows=0``)."""
+    cells as NaN. ``header`` is the file's column list (read it first with ``nrows=0``).
+
+    Raises:
+        SchemaViolation: a cell that is not of its column's type, named by row and column.
+    """
     dtypes = {c: _column_dtype(c) for c in header}
-    return pd.read_csv(
-        source,
-        dtype={c: t for c, t in dtypes.items() if t is not bool},
-        keep_default_na=False,
-        na_values={c: [""] for c, t in dtypes.items() if t is float},
-    )
+    if not isinstance(source, (str, Path)):
+        source = io.BytesIO(source.read())
+    try:
+        return pd.read_csv(
+            source,
+            dtype={c: t for c, t in dtypes.items() if t is not bool},
+            keep_default_na=False,
+            na_values={c: [""] for c, t in dtypes.items() if t is float},
+        )
+    except (ValueError, TypeError) as exc:
+        if not isinstance(source, (str, Path)):
+            source.seek(0)
+        raise SchemaViolation(_bad_cell(source, dtypes, where) or f"{where}: {exc}") from None
+
+
+def _bad_cell(source: str | Path | IO[bytes], dtypes: Mapping[str, type], where: str) -> str | None:
+    """The first cell that does not read as its column's type, as ``WHERE: row R (line L),
+    column C: 'abc' is not a number`` (None when none is found)."""
+    text = pd.read_csv(source, dtype=str, keep_default_na=False)
+    for column, kind in dtypes.items():
+        if kind is str or column not in text:
+            continue
+        cells = text[column]
+        if kind is bool:
+            bad = ~cells.isin(["True", "False", "true", "false", "TRUE", "FALSE"])
+            want = "true or false"
+        else:
+            parsed = pd.to_numeric(cells.where(cells != ""), errors="coerce")
+            bad = parsed.isna() & (cells != "")
+            if kind is int:
+                bad |= cells == ""
+                bad |= parsed.notna() & (parsed != parsed.round())
+            want = "an integer" if kind is int else "a number"
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            return f"{where}: row {row} (line {row + 2}), column {column!r}: {cells.iloc[row]!r} is not {want}"
+    return None
+
+
+def check_field_counts(content: bytes, where: str) -> None:
+    """Every record of a CSV has exactly as many fields as its header (pandas pads a short row
+    with empty cells and would read a truncated file as whole).
+
+    Raises:
+        SchemaViolation: ``WHERE: line L has N of M fields``.
+    """
+    reader = csv.reader(io.StringIO(content.decode("utf-8", errors="replace"), newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise SchemaViolation(f"{where}: empty file, no header")
+    line = reader.line_num
+    for record in reader:
+        if record and len(record) != len(header):
+            raise SchemaViolation(
+                f"{where}: line {line + 1} has {len(record)} of {len(header)} fields "
+                "(a truncated or malformed row)"
+            )
+        line = reader.line_num
+
+
+def parse_beta_table(
+    content: bytes,
+    where: str,
+    beta_min: float,
+    beta_max: float,
+    *,
+    category_envelopes: Mapping[str, tuple[float, float]] | None = None,
+) -> pd.DataFrame:
+    """A beta table checked as strictly as the aggregate stage writes it, before anyone compares
+    or trains with it: every row has the header's field count, every cell its column's type; a
+    full artifact (its panel's columns) gets its whole schema (:func:`validate_artifact`), a
+    minimal schedule (``prompt_id`` plus ``beta_*`` columns) the same rules for those columns: one
+    row per pair, no blank, finite values inside [``beta_min``, ``beta_max``].
+
+    Raises:
+        SchemaViolation: naming ``where``, the line or row, the column and the rule.
+    """
+    check_field_counts(content, where)
+    try:
+        header = list(pd.read_csv(io.BytesIO(content), nrows=0).columns)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise SchemaViolation(f"{where}: not a readable CSV ({exc})") from None
+    annotators, variants = panel_of(header)
+    if annotators and variants:
+        _check_column_order(header, annotators, variants, where)
+        frame = read_artifact_frame(io.BytesIO(content), header, where)
+        return validate_artifact(frame, annotators, variants, beta_min, beta_max,
+                                 category_envelopes=category_envelopes, where=where)
+    try:
+        schema = beta_schedule_schema(header, beta_min, beta_max)
+    except ValueError as exc:
+        raise SchemaViolation(f"{where}: {exc}") from None
+    frame = read_artifact_frame(io.BytesIO(content), header, where)
+    return artifacts.validate(frame, schema, where)
+
+
+def _check_column_order(header: list[str], annotators: list[str], variants: list[str], where: str) -> None:
+    pinned = beta_artifact_columns(annotators, variants)
+    if header[: len(pinned)] != pinned:
+        got = [*header, *[None] * len(pinned)][: len(pinned)]
+        i = next(i for i in range(len(pinned)) if got[i] != pinned[i])
+        raise SchemaViolation(
+            f"{where}: column {i} should be {pinned[i]!r} for panel {annotators} x {variants}, "
+            f"found {got[i] if got[i] is not None else 'nothing'!r}"
+        )
 
 
 def read_beta_artifact(path: str | Path, beta_min: float, beta_max: float) -> pd.DataFrame:
@@ -122,19 +232,7 @@ def read_beta_artifact(path: str | Path, beta_min: float, beta_max: float) -> pd
             f"{path}: not a beta artifact (no category_<annotator>_ens or "
             "beta_annotators_mean_v<k> column)"
         )
-    pinned = beta_artifact_columns(annotators, variants)
-    if header[: len(pinned)] != pinned:
-        got = [*header, *[None] * len(pinned)][: len(pinned)]
-        i = next(i for i in range(len(pinned)) if got[i] != pinned[i])
-        raise SchemaViolation(
-            f"{path}: column {i} should be {pinned[i]!r} for panel {annotators} x {variants}, "
-            f"found {got[i] if got[i] is not None else 'nothing'!r}"
-        )
-    try:
-        frame = read_artifact_frame(path, header)
-    except ValueError as exc:  # a non-numeric cell in a numeric column
-        raise SchemaViolation(f"{path}: {exc}") from None
-    return validate_artifact(frame, annotators, variants, beta_min, beta_max, where=str(path))
+    return parse_beta_table(path.read_bytes(), str(path), beta_min, beta_max)
 
 
 def read_schedule(path: str | Path, beta_min: float, beta_max: float) -> pd.DataFrame:

@@ -264,3 +264,21 @@ def beta_table_schema(
 
         checks.append(pa.Check(within_category_envelope, name="beta_within_category_envelope"))
     return pa.DataFrameSchema(columns, checks=checks, strict=True, ordered=True, name="BetaTable")
+
+
+def beta_schedule_schema(columns: Sequence[str], beta_min: float, beta_max: float) -> pa.DataFrameSchema:
+    """The schema of a minimal beta schedule (``prompt_id`` plus ``beta_*`` columns, e.g. written
+    by hand): the artifact's rules for those columns (unique non-blank ``prompt_id``; every
+    ``beta_*`` a number in [``beta_min``, ``beta_max``], none missing). Other columns pass as they
+    are.
+
+    Raises:
+        ValueError: no ``prompt_id`` or no ``beta_*`` column.
+    """
+    betas = [c for c in columns if str(c).startswith("beta_")]
+    if "prompt_id" not in columns or not betas:
+        raise ValueError("not a beta schedule: it needs a prompt_id column and at least one beta_* column")
+    names = ["prompt_id", *betas]
+    return pa.DataFrameSchema(
+        {n: _beta_column(n, 0, beta_min, beta_max) for n in names}, strict=False, name="BetaSchedule"
+    )

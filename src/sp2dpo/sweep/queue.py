@@ -39,6 +39,7 @@ from typing import Any
 
 from sp2dpo.core.config import SweepConfig, flatten, read_yaml
 from sp2dpo.core.errors import UserError
+from sp2dpo.core.programs import dvc_executable
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _dvc(args: Sequence[str], repo: Path, env: Mapping[str, str], timeout: float
     """
     with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
         try:
-            done = subprocess.run(["dvc", *args], cwd=repo, env=dict(env), stdin=subprocess.DEVNULL,
+            done = subprocess.run([dvc_executable(), *args], cwd=repo, env=dict(env), stdin=subprocess.DEVNULL,
                                   stdout=out, stderr=err, timeout=timeout)
         except FileNotFoundError:
             raise SweepError("sweep: `dvc` is not on PATH (install the project: `make setup`)") from None

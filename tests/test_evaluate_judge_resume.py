@@ -1,10 +1,13 @@
 """Judge calls are never paid twice: `sp2dpo judge` killed mid-run (SIGKILL), stopped (Ctrl-C),
-estimated and re-run against the fault-injection server, whose request counts are the bill."""
+estimated and re-run against the fault-injection server, whose request counts are the bill. Bad
+input to `judge_run.run_judge_file` (a limit that is not positive, an output path that is an
+input, a folder or under a file) is refused before any call, and an estimate writes nothing."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sp2dpo.core.config import EvalConfig, build
+from sp2dpo.core.errors import OutputPathError
+from sp2dpo.evaluate import judge as J
+from sp2dpo.evaluate import judge_run
 from sp2dpo.evaluate.calls import EvalCalls
 from tests.fault_server import FaultServer
 from tests.test_evaluate_judge import judge_responder, pairs
@@ -22,8 +29,8 @@ N = 24
 CONCURRENCY = 2
 
 
-def _write_inputs(tmp_path: Path, server: FaultServer) -> dict[str, Path]:
-    items = pairs(N)
+def _write_inputs(tmp_path: Path, server: FaultServer, n: int = N) -> dict[str, Path]:
+    items = pairs(n)
     reference = tmp_path / "reference.json"
     outputs = tmp_path / "outputs.json"
     reference.write_text(json.dumps([ref for ref, _ in items]))
@@ -152,3 +159,99 @@ def test_ctrl_c_stores_calls_in_flight_and_the_rerun_repeats_nothing(tmp_path, s
         resumed = _run(paths)
         assert resumed["calls_made"] == N - len(stored)
     assert max(server.counts.values()) == 1 and len(server.counts) == N
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _config(paths: dict[str, Path]) -> EvalConfig:
+    return build(EvalConfig, yaml.safe_load(paths["params"].read_text())["eval"], "eval")
+
+
+def _judge(paths: dict[str, Path], **kwargs) -> dict:
+    kwargs = {"out": paths["out"], "calls_path": paths["calls"], **kwargs}
+    return judge_run.run_judge_file(_config(paths), paths["outputs"],
+                                    reference_path=paths["reference"], **kwargs)
+
+
+@pytest.mark.timeout(120)
+def test_limit_must_be_a_positive_number_of_outputs(tmp_path):
+    with FaultServer(responder=judge_responder) as server:
+        paths = _write_inputs(tmp_path, server, 5)
+        for limit in (-2, 0):
+            with pytest.raises(ValueError) as refused:
+                _judge(paths, limit=limit)
+            assert str(refused.value) == f"limit must be a positive number of outputs, got {limit}"
+        assert not server.requests and not paths["out"].exists() and not paths["calls"].exists()
+        done = _judge(paths, limit=2)  # the first two outputs of the file
+    assert done["n"] == done["n_judged"] == done["calls_made"] == 2 == len(server.counts)
+    judged = {a["instruction"] for a in json.loads(paths["out"].read_text())}
+    assert judged == {mod["instruction"] for _, mod in pairs(2)}
+
+
+@pytest.mark.timeout(120)
+def test_estimate_creates_nothing_on_disk_and_counts_what_is_missing(tmp_path):
+    with FaultServer(responder=judge_responder) as server:
+        paths = _write_inputs(tmp_path, server, 5)
+        ecfg = _config(paths)
+        before = sorted(tmp_path.rglob("*"))
+        estimate = _judge(paths, estimate=True)
+        assert sorted(tmp_path.rglob("*")) == before and not paths["calls"].exists()
+        assert not server.requests
+        seed = ecfg.alpaca_eval.seed
+        prompt = J.PairwiseJudge(ecfg.judge, ecfg.judge_decoding, seed=seed).prompt
+        tokens = 0
+        for ref, mod in pairs(5):
+            sides = (mod["output"], ref["output"])
+            first, second = sides if J.model_on_first_side(ref["instruction"], seed) else sides[::-1]
+            tokens += judge_run.estimate_tokens(prompt.messages(ref["instruction"], first, second))
+        assert estimate == {
+            "judge": "fake-judge", "items": 5, "cached": 0, "calls": 5, "prompt_tokens": tokens,
+            "max_completion_tokens": 5, "max_cost_usd": pytest.approx((tokens * 10 + 5 * 30) / 1e6),
+        }
+
+        # With a store: the cached calls are counted, and the store is read, not written.
+        _judge(paths, limit=2)
+        stored = {p: p.read_bytes() for p in paths["calls"].rglob("*")}
+        sent = len(server.requests)
+        again = _judge(paths, estimate=True)
+        assert {p: p.read_bytes() for p in paths["calls"].rglob("*")} == stored
+        assert len(server.requests) == sent
+    assert (again["items"], again["cached"], again["calls"]) == (5, 2, 3)
+    assert again["max_completion_tokens"] == 3 and 0 < again["prompt_tokens"] < tokens
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("which", ["outputs", "reference", "calls"])
+def test_out_that_is_an_input_is_refused_before_anything_runs(tmp_path, which):
+    with FaultServer(responder=judge_responder) as server:
+        paths = _write_inputs(tmp_path, server, 3)
+        if which == "calls":  # a one-file call store
+            paths["calls"] = tmp_path / "calls.jsonl"
+            with EvalCalls(paths["calls"]) as calls:
+                calls.put("k", "judge", {"status": "ok"})
+        target = paths[which]
+        original = target.read_bytes()
+        spelled = tmp_path / ".." / tmp_path.name / target.name  # the same file, spelled otherwise
+        for estimate in (False, True):
+            with pytest.raises(OutputPathError) as refused:
+                _judge(paths, out=spelled, estimate=estimate)
+            assert str(refused.value) == f"--out {spelled}: is the input {target}; write elsewhere"
+        assert not server.requests
+    assert target.read_bytes() == original
+    assert which == "calls" or not paths["calls"].exists()
+
+
+@pytest.mark.timeout(120)
+def test_out_that_is_a_folder_or_under_a_file_is_refused_before_anything_runs(tmp_path):
+    with FaultServer(responder=judge_responder) as server:
+        paths = _write_inputs(tmp_path, server, 3)
+        folder = tmp_path / "annotations"
+        folder.mkdir()
+        under = paths["outputs"] / "annotations.json"
+        for out, reason in ((folder, "is a folder; give a file path"),
+                            (under, f"cannot be created, {paths['outputs']} is a file")):
+            with pytest.raises(OutputPathError, match=f"^--out {re.escape(str(out))}: {re.escape(reason)}$"):
+                _judge(paths, out=out)
+        assert not server.requests and not paths["calls"].exists()
+    assert not any(folder.iterdir())

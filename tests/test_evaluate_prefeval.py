@@ -2,7 +2,7 @@
 accuracy 0.5 with zero margins; a LoRA adapter's per-pair log-ratios equal an independent
 plain transformers + peft computation; the scored tokens are what TRL and the trainer train on;
 the seeded bootstrap; the pairs reader (Hub layout, degenerate rows, errors naming file, row
-and field)."""
+and field); a bad chat template, device or output path is refused before the model loads."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sp2dpo.evaluate import generate, prefeval
+from sp2dpo.core.errors import OutputPathError
+from sp2dpo.evaluate import generate, prefeval, prefpairs
 from sp2dpo.evaluate.evalfiles import BenchmarkInputError
 from sp2dpo.llm import models
 from tests.conftest import EVALSETS, ROOT, tool_env
@@ -293,6 +294,33 @@ def test_canonical_csv_and_parquet_read_like_jsonl(tmp_path, pairs_file):
     assert prefeval.read_pairs(tmp_path / "p.parquet").pairs == expected
 
 
+def test_duplicate_json_key_in_a_pairs_file_names_file_line_and_key(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"prompt": "x", "chosen": "y", "rejected": "z"}\n'
+                    '{"prompt": "x", "chosen": "y", "rejected": "z", "chosen": "w"}\n')
+    with pytest.raises(BenchmarkInputError) as info:
+        prefpairs.read_pairs(path)
+    assert str(info.value) == f"{path}:2: invalid JSON: duplicate key 'chosen'"
+
+
+def test_truncated_gzip_is_an_error_even_when_limit_stops_reading_early(tmp_path):
+    import gzip
+
+    rows = [{"prompt": f"question {i}", "chosen": f"good answer {i} " * 40,
+             "rejected": f"bad answer {i} " * 40} for i in range(200)]
+    whole = gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())
+    intact = tmp_path / "intact.jsonl.gz"
+    intact.write_bytes(whole)
+    assert [p.prompt for p in prefpairs.read_pairs(intact, limit=1).pairs] == ["question 0"]
+    for cut_bytes in (3, 12, 200):
+        cut = tmp_path / f"cut{cut_bytes}.jsonl.gz"
+        cut.write_bytes(whole[:-cut_bytes])
+        with pytest.raises(BenchmarkInputError) as info:
+            prefpairs.read_pairs(cut, limit=1)
+        assert str(info.value).startswith(f"{cut}: cannot read: ")
+        assert "end-of-stream marker" in str(info.value)
+
+
 def test_bad_pairs_file_is_one_error_line_naming_file_row_and_field(tmp_path):
     path = _write_jsonl(tmp_path / "bad.jsonl", [
         {"prompt_id": "a", "prompt": "x", "chosen": "y", "rejected": "z"},
@@ -315,3 +343,74 @@ def test_bad_pairs_file_is_one_error_line_naming_file_row_and_field(tmp_path):
     with pytest.raises(ValueError, match="max_prompt_length"):
         prefeval.tokenize_pair(None, prefeval.Pair("a", "x", "y", "z"), max_length=32,
                                max_prompt_length=32)
+
+
+# ------------------------------------------------------------------------------ bad options
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """A tripwire: the options below must be refused before any weights load."""
+    def load_student(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(generate, "load_student", load_student)
+
+
+def test_missing_or_non_jinja_chat_template_is_refused_before_the_model_loads(pairs_file, no_model):
+    hint = "(give a .jinja file or Jinja text)"
+    cases = {"nonexist.jinja": f"chat template nonexist.jinja: no such file {hint}",
+             "chatml": f"chat template chatml: no such file {hint}"}
+    for value, message in cases.items():
+        with pytest.raises(models.ModelOptionError) as refused:
+            prefeval.run(SPEC, None, pairs_file, chat_template=value)
+        assert str(refused.value) == message
+
+
+def test_bad_device_is_refused_before_the_model_loads(pairs_file, no_model, monkeypatch):
+    import torch
+
+    with pytest.raises(models.ModelOptionError) as refused:
+        prefeval.run(SPEC, None, pairs_file, device="bogus")
+    assert str(refused.value) == "device 'bogus': not a torch device (cpu, cuda, cuda:0, ...)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(models.ModelOptionError, match=r"^device 'cuda:0': not available here"):
+        prefeval.run(SPEC, None, pairs_file, device="cuda:0")
+
+
+def test_out_that_is_the_pairs_a_folder_or_under_a_file_is_refused_before_the_model_loads(
+    pairs_file, no_model, tmp_path
+):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(pairs_file.read_bytes())
+    folder = tmp_path / "records"
+    folder.mkdir()
+    cases = {
+        tmp_path / "." / "pairs.jsonl": f"is the input {pairs}; write elsewhere",
+        folder: "is a folder; give a file path",
+        pairs / "records.jsonl": f"cannot be created, {pairs} is a file",
+    }
+    for out, reason in cases.items():
+        with pytest.raises(OutputPathError) as refused:
+            prefeval.run(SPEC, None, pairs, out=out)
+        assert str(refused.value) == f"--out {out}: {reason}"
+    assert pairs.read_bytes() == pairs_file.read_bytes() and not any(folder.iterdir())
+
+
+def test_a_jinja_file_chat_template_is_the_one_scored(tokenizer, pairs_file, tmp_path):
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}<<assistant>>{% endif %}")
+    out = tmp_path / "records.jsonl"
+    result = prefeval.run(SPEC, None, pairs_file, chat_template=str(template), limit=2,
+                          max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT, rounds=0, out=out)
+    assert result["n"] == 2 and result["accuracy"] == 0.5
+    custom = generate.load_tokenizer(SPEC, chat_template=str(template))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    for pair, record in zip(prefeval.read_pairs(pairs_file, 2).pairs, records, strict=True):
+        ours = prefeval.tokenize_pair(custom, pair, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT)
+        default = prefeval.tokenize_pair(tokenizer, pair, max_length=MAX_LENGTH,
+                                         max_prompt_length=MAX_PROMPT)
+        assert custom.decode(ours.chosen_ids) == pair.chosen + "\n"  # the reply and the template's end
+        assert record["chosen_tokens"] == len(ours.chosen_ids) != len(default.chosen_ids)
+        assert record["rejected_tokens"] == len(ours.rejected_ids) > 0

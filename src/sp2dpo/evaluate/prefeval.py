@@ -69,6 +69,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ import numpy as np
 from sp2dpo.core import artifacts
 from sp2dpo.evaluate import generate
 from sp2dpo.evaluate.prefpairs import Pair, PairsRead, read_pairs
+from sp2dpo.llm import models
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -431,20 +433,26 @@ def run(
 
     The pairs and the options are checked before any weights load. The model and tokenizer come
     from :func:`sp2dpo.evaluate.generate.load_student` (the adapter folder's tokenizer when it
-    has one, ``chat_template`` overriding the template; ``device`` ``cpu`` in float32, ``None``:
-    CUDA in bfloat16 when available). ``out``: also write
-    the per-pair records (:func:`pair_records`) as JSON Lines.
+    has one, ``chat_template`` overriding the template: a template file or Jinja text;
+    ``device`` ``cpu`` in float32, ``None``: CUDA in bfloat16 when available). ``out``: also
+    write the per-pair records (:func:`pair_records`) as JSON Lines.
 
     Returns:
         :func:`summarize`'s metrics plus ``model``, ``adapter``, ``pairs``, ``n_rows``,
         ``n_dropped_identical``, ``n_dropped_empty``, ``max_length``, ``max_prompt_length`` and
         ``reference`` (what the reference was).
+
+    Raises:
+        sp2dpo.core.errors.OutputPathError: ``out`` is the pairs file (or the template file),
+            an existing folder or under a file.
+        sp2dpo.llm.models.ModelOptionError: ``chat_template`` is neither a file nor Jinja text,
+            or ``device`` is not a torch device available here.
+        ValueError: bad lengths, batch size or rounds; a bad pairs file (naming file, row and
+            field).
     """
-    _check_lengths(max_length, max_prompt_length)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if rounds < 0:
-        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    _check_options(pairs_path, out, chat_template=chat_template, device=device,
+                   max_length=max_length, max_prompt_length=max_prompt_length,
+                   batch_size=batch_size, rounds=rounds)
     read = read_pairs(pairs_path, limit)
     model, tokenizer = generate.load_student(
         model_spec, adapter, revision=revision, chat_template=chat_template, device=device,
@@ -469,6 +477,31 @@ def run(
         "max_prompt_length": max_prompt_length,
         "reference": "adapter disabled" if adapter is not None else "the policy itself (no adapter)",
     }
+
+
+def _check_options(
+    pairs_path: str | Path,
+    out: str | Path | None,
+    *,
+    chat_template: str | None,
+    device: str | None,
+    max_length: int,
+    max_prompt_length: int,
+    batch_size: int,
+    rounds: int,
+) -> None:
+    """Refuse :func:`run`'s bad options before anything is read or loaded."""
+    if out is not None:
+        template_file = chat_template if chat_template and os.path.isfile(chat_template) else None
+        artifacts.check_output(out, inputs=(pairs_path, template_file), what="--out")
+    _check_lengths(max_length, max_prompt_length)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    models.check_device(device)
+    if chat_template:
+        models.chat_template_text(chat_template)
 
 
 def _ci(value: Any) -> str:

@@ -8,6 +8,9 @@ folder, the same code path as a Hub model.
 
 A model spec (``teachers[].model``, ``students[].model``) is either a key of :data:`LOCAL_MODELS`
 (``local:smollm2-135m-instruct``), an HF model id (loaded at a pinned revision), or a local folder.
+A chat template (:func:`chat_template_text`) is a template file or Jinja text, and a device
+(:func:`check_device`) one this machine has; anything else is a :class:`ModelOptionError` before
+any weights load.
 """
 
 from __future__ import annotations
@@ -22,10 +25,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from sp2dpo.core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 #: Prefix of model specs that name a packaged local model.
 LOCAL_PREFIX = "local:"
+
+
+class ModelOptionError(UserError, ValueError):
+    """A chat template or a device that cannot be used; the message names the value."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +154,63 @@ def resolve(spec: str) -> str:
     return spec
 
 
+#: What every refused chat template is told to be instead.
+_TEMPLATE_HINT = "(give a .jinja file or Jinja text)"
+
+
 def chat_template_text(template: str) -> str:
-    """A ``chat_template`` param as Jinja text: the file's content for an existing ``.jinja``
-    path, else the string itself."""
-    if template.endswith(".jinja") and Path(template).exists():
+    """A ``chat_template`` param (``train.students[].chat_template``, ``--chat-template``) as
+    Jinja text: an existing file's content (a ``.jinja`` file; any file path is read), else the
+    string itself when it is Jinja text (holds ``{{`` or ``{%``).
+
+    Raises:
+        ModelOptionError: a value ending in ``.jinja`` or without any ``{`` (a file path) that
+            is no file, or a value that is neither a file nor Jinja text: used as the template
+            text, it would render every conversation as that constant string.
+    """
+    if os.path.isfile(template):
         return Path(template).read_text(encoding="utf-8")
+    if template.endswith(".jinja") or "{" not in template:
+        reason = "is a folder, not a file" if os.path.isdir(template) else "no such file"
+        raise ModelOptionError(f"chat template {template}: {reason} {_TEMPLATE_HINT}")
+    if "{{" not in template and "{%" not in template:
+        raise ModelOptionError(
+            f"chat template {template[:80]}: not a file and no Jinja syntax ({{{{ or {{%) "
+            f"{_TEMPLATE_HINT}"
+        )
     return template
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a torch device this machine cannot run on, before any weights load.
+
+    ``None`` (the caller picks) and ``cpu`` always pass; ``cuda[:i]``, ``mps`` and any other
+    type must be available here (``torch.<type>.is_available()``), with ``i`` below the device
+    count.
+
+    Raises:
+        ModelOptionError: not a torch device string, or not available on this machine.
+    """
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelOptionError(f"device {device!r}: not a torch device (cpu, cuda, cuda:0, ...)") from None
+    if parsed.type == "cpu":
+        return
+    backend = getattr(torch, parsed.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if is_available is None or not is_available():
+        raise ModelOptionError(f"device {device!r}: not available here (cpu always is)")
+    count = getattr(backend, "device_count", None)
+    if parsed.index is not None and count is not None and parsed.index >= count():
+        raise ModelOptionError(
+            f"device {device!r}: this machine has {count()} {parsed.type} device(s) "
+            f"({parsed.type}:0 to {parsed.type}:{count() - 1})"
+        )
 
 
 def load_causal_lm(spec: str, *, revision: str | None = None, dtype: str = "float32"):

@@ -279,7 +279,21 @@ def test_cli_errors(tmp_path, capsys):
     assert "no dvc.lock at HEAD" in capsys.readouterr().err
     for bad in ("nan", "-1e-5", "inf"):
         assert cli.main(["verify", "--repo", str(tmp_path), f"--tolerance={bad}"]) == 2
-        assert "--tolerance must be a finite number >= 0" in capsys.readouterr().err
+        assert "argument --tolerance: must be a finite number" in capsys.readouterr().err
+    # --workdir naming a file was a FileExistsError traceback with status 1 ("outputs differ");
+    # local edits were not mentioned, though verify re-runs the commit, not them
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    run([*GIT, "add", "dvc.lock"], cwd=tmp_path)
+    run([*GIT, "commit", "-qm", "lock"], cwd=tmp_path)
+    (tmp_path / "f").write_text("edited")
+    assert cli.main(["verify", "--repo", str(tmp_path), "--workdir", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert f"--workdir {tmp_path / 'f'}: is a file, not a folder" in err and "Traceback" not in err
+    assert "the working tree has local changes; they are not verified" in err
+    run([*GIT, "checkout", "f"], cwd=tmp_path)
+    assert cli.main(["verify", "--repo", str(tmp_path), "--workdir", str(tmp_path / "f" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "--workdir" in err and "local changes" not in err
 
 
 TINY_DVC_YAML = """

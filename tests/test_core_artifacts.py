@@ -98,3 +98,23 @@ def test_written_files_follow_the_umask_not_the_temp_files_0600(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    from sp2dpo.core.errors import OutputPathError
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("{}\n")
+    with pytest.raises(OutputPathError, match=r"--out .*: is a folder; give a file path"):
+        artifacts.check_output(tmp_path, what="--out")
+    with pytest.raises(OutputPathError, match=r"cannot be created, .*in.jsonl is a file"):
+        artifacts.check_output(inp / "x" / "out.json", what="--out")
+    with pytest.raises(OutputPathError, match=r"is the input .*in.jsonl; write elsewhere"):
+        artifacts.check_output(tmp_path / "sub" / ".." / "in.jsonl", inputs=[None, inp], what="--out")
+    assert artifacts.check_output(tmp_path / "new" / "out.json", inputs=[inp]) == tmp_path / "new" / "out.json"
+    # the writers themselves: one message, not an OS traceback, and nothing left behind
+    with pytest.raises(OutputPathError, match="a part of its folder path is a file"):
+        artifacts.write_text("x", inp / "out.txt")
+    with pytest.raises(OutputPathError, match="is a folder, cannot write a file there"):
+        artifacts.write_json({}, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

@@ -216,3 +216,16 @@ def test_official_lc_files_must_live_where_dvc_tracks_them(tmp_path):
     good = {"eval": {"alpaca_eval": {"instruction_difficulty": "data/evalsets/alpaca_eval/d.csv",
                                      "df_gamed": "data/evalsets/alpaca_eval/g.csv"}}}
     assert config.load(write(tmp_path, good)).eval.alpaca_eval.df_gamed.endswith("g.csv")
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    """PyYAML keeps the last of two equal keys; a second `limit:` would have won silently."""
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  limit: 3\n  limit: 5\n")
+    with pytest.raises(ConfigError, match=r"params.yaml:3:3: invalid YAML: key 'limit' given twice \(first on line 2\)"):
+        config.load(path)
+    path.write_text("data: {limit: 3}\nfilter: {}\ndata: {limit: 4}\n")
+    with pytest.raises(ConfigError, match="key 'data' given twice"):
+        config.load(path)
+    with pytest.raises(ConfigError, match="is a folder, not a params file"):
+        config.load(tmp_path)

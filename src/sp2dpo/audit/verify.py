@@ -174,6 +174,9 @@ def verify(
     sha = resolve_commit(root, rev, env=_git_env())
     if _run(["git", "cat-file", "-e", f"{sha}:{LOCK}"], cwd=root, env=_git_env()).returncode != 0:
         raise VerifyError(f"no {LOCK} at {rev} ({sha[:12]}): nothing to verify")
+    if local_changes(root):
+        progress(f"the working tree has local changes; they are not verified: this re-runs {rev} "
+                 f"({sha[:12]}) from its commit, code and data as committed")
     dvc = dvc_executable()
     shared_cache = _dvc_cache_dir(root, dvc)
     if workdir is not None:
@@ -183,9 +186,6 @@ def verify(
             Path(workdir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise VerifyError(f"--workdir {workdir}: cannot be created ({exc.strerror})") from None
-    if local_changes(root):
-        progress(f"the working tree has local changes; they are not verified: this re-runs {rev} "
-                 f"({sha[:12]}) from its commit, code and data as committed")
     work = Path(tempfile.mkdtemp(prefix=f"sp2dpo-verify-{sha[:12]}-", dir=workdir)).resolve()
     try:
         report = _verify_in(work, root, sha, rev, dvc, shared_cache, recall_teachers, tolerance, progress)

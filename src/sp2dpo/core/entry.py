@@ -57,7 +57,8 @@ def guarded(fn: Callable[[], Any], *, verbose: bool = False) -> int:
         _detach_stdout()
         return EXIT_BROKEN_PIPE
     except EXPECTED_ERRORS as exc:
-        print(f"sp2dpo: error: {exc}", file=sys.stderr)
+        message = os_message(exc) if isinstance(exc, OSError) else str(exc)
+        print(f"sp2dpo: error: {message}", file=sys.stderr)
         return getattr(exc, "exit_status", EXIT_USAGE)
     except OSError as exc:  # a path the system refuses (a folder given as a file, no permission)
         print(f"sp2dpo: error: {os_message(exc)}", file=sys.stderr)

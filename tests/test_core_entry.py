@@ -1,0 +1,75 @@
+"""Tests for sp2dpo.core.entry, jsonio and programs: what every command shares when input is bad.
+
+No traceback reaches a user: expected errors are one line with status 2, OS errors on a named
+path too, a bug is one line with status 70 (its traceback with -v), and a reader that goes away
+(`sp2dpo ... | head`) ends the command quietly with status 141.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sp2dpo.core import entry, jsonio, programs
+from tests.conftest import ROOT
+
+
+def _raise(exc: BaseException):
+    def fn():
+        raise exc
+    return fn
+
+
+def test_a_bug_is_one_line_with_status_70_and_its_traceback_with_verbose(capsys):
+    assert entry.guarded(_raise(RuntimeError("boom"))) == entry.EXIT_BUG == 70
+    err = capsys.readouterr().err
+    assert err == "sp2dpo: internal error: RuntimeError: boom (a bug; run with -v for the traceback)\n"
+    assert entry.guarded(_raise(KeyError("k")), verbose=True) == 70
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.rstrip().endswith("the traceback is above)")
+
+
+def test_an_os_error_on_a_path_is_one_line_naming_it(tmp_path, capsys):
+    assert entry.guarded(lambda: open(tmp_path)) == 2
+    assert capsys.readouterr().err == f"sp2dpo: error: {tmp_path}: Is a directory\n"
+    assert entry.guarded(lambda: (tmp_path / "a").rename(tmp_path / "no" / "b")) == 2
+    assert capsys.readouterr().err == (
+        f"sp2dpo: error: {tmp_path / 'a'} -> {tmp_path / 'no' / 'b'}: No such file or directory\n")
+    assert entry.guarded(lambda: 3) == 3 and entry.guarded(lambda: True) == 0
+
+
+def test_a_closed_pipe_ends_the_command_quietly_with_status_141():
+    """`sp2dpo params docs | head -1`: the reader leaves after one line; before, Python printed a
+    BrokenPipeError traceback (or 'Exception ignored ... BrokenPipeError' at exit)."""
+    proc = subprocess.Popen([sys.executable, "-m", "sp2dpo.cli", "params", "docs"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes (its imports take a second)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == entry.EXIT_BROKEN_PIPE == 141, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err
+    whole = subprocess.run([sys.executable, "-m", "sp2dpo.cli", "params", "docs"], cwd=ROOT,
+                           capture_output=True, timeout=120)
+    assert whole.returncode == 0 and whole.stdout.startswith(b"#")
+
+
+def test_strict_json_refuses_a_key_given_twice():
+    assert jsonio.loads('{"a": {"b": 1}, "c": [{"b": 2}]}') == {"a": {"b": 1}, "c": [{"b": 2}]}
+    with pytest.raises(json.JSONDecodeError, match="duplicate key 'b'"):
+        jsonio.loads('{"a": {"b": 1, "b": 2}}')
+    assert json.loads('{"b": 1, "b": 2}') == {"b": 2}  # what the standard library does instead
+
+
+def test_dvc_is_found_beside_the_interpreter_without_path(monkeypatch):
+    """`.venv/bin/python -m sp2dpo.cli sweep select` with the venv not on PATH failed with
+    "No such file or directory: 'dvc'"."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    found = programs.dvc_executable()
+    assert found.startswith(str(ROOT / ".venv")) or found.startswith(sys.prefix)
+    out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip()[0].isdigit()
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with pytest.raises(programs.MissingProgram, match="dvc is not installed"):
+        programs.dvc_executable()

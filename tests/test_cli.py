@@ -96,3 +96,26 @@ def test_help_of_the_command_and_every_subcommand_exits_0(capsys):
     assert cli.main(["--help"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in ("arenahard", "prefeval", "verify", "numerics"))
+
+
+def test_stage_outputs_that_cannot_be_written_are_refused_before_the_stage_runs(tmp_path, capsys):
+    """An output that is a folder, lies under a file or is the stage's own input: one line with
+    status 2 before any work, and the input left as it was (before: a traceback at the end of the
+    stage, or the input overwritten)."""
+    pairs = tmp_path / "pairs.parquet"
+    pairs.write_bytes(b"not really parquet")
+    cases = [
+        (["fetch", "--out", str(tmp_path)], f"--out {tmp_path}: is a folder; give a file path"),
+        (["filter", "--pairs", str(pairs), "--out", str(pairs)],
+         f"--out {pairs}: is the input {pairs}; write elsewhere"),
+        (["aggregate", "--calls", str(pairs), "--out", str(pairs / "beta.csv")],
+         f"--out {pairs / 'beta.csv'}: cannot be created, {pairs} is a file"),
+        (["annotate", "--pairs", str(pairs), "--out", str(tmp_path / "c.parquet"), "--report",
+          str(tmp_path / "c.parquet")], "--report and --out are the same file"),
+    ]
+    for argv, expected in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err == f"sp2dpo: error: {expected}\n" or expected in err, (argv, err)
+    assert pairs.read_bytes() == b"not really parquet"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.parquet"]

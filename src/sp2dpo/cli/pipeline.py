@@ -20,8 +20,19 @@ from sp2dpo.cli.common import (
     seed_int,
     side_path,
 )
-from sp2dpo.core import config
+from sp2dpo.core import artifacts, config
 from sp2dpo.core.entry import print_json
+
+
+def _check_outputs(out: Path, report: Path | None, *inputs: Path) -> None:
+    """``--out`` and ``--report`` checked before the stage runs: not a folder, not under a file,
+    not one of the stage's inputs (:func:`sp2dpo.core.artifacts.check_output`)."""
+    artifacts.check_output(out, inputs=inputs, what="--out")
+    if report is not None:
+        if report.resolve() == out.resolve():
+            raise ValueError(f"--report and --out are the same file ({out}); give two paths")
+        artifacts.check_output(report, inputs=inputs, what="--report")
+
 
 # ------------------------------------------------------------------------------ fetch, filter
 
@@ -31,6 +42,7 @@ def _cmd_fetch(args: argparse.Namespace) -> None:
     default = data.FetchPaths.pipeline()
     out = Path(args.out)
     report_path = args.report or side_path(out, default.out, default.report, out.parent / "fetch.json")
+    _check_outputs(out, Path(report_path))
     print_json(data.run_fetch(cfg, data.FetchPaths(out=out, report=Path(report_path))))
 
 
@@ -47,6 +59,7 @@ def _cmd_filter(args: argparse.Namespace) -> None:
     default = data.FilterPaths.pipeline()
     out = Path(args.out)
     report_path = args.report or side_path(out, default.out, default.report, out.parent / "filter.json")
+    _check_outputs(out, Path(report_path), Path(args.pairs))
     paths = data.FilterPaths(pairs=Path(args.pairs), out=out, report=Path(report_path))
     print_json(data.run_filter(cfg, paths))
 
@@ -71,6 +84,8 @@ def _cmd_annotate(args: argparse.Namespace) -> None:
     report_path = None
     if not args.estimate:
         report_path = Path(args.report or side_path(out, default.out, default.report, out.parent / "annotate.json"))
+    if not args.estimate:
+        _check_outputs(out, report_path, Path(args.pairs))
     paths = annotate.AnnotatePaths(pairs=Path(args.pairs), out=out, log=log_path, report=report_path)
     print_json(annotate.run(params.teachers, params.prompts, params.decoding, params.annotate, paths,
                             estimate_only=args.estimate))
@@ -114,6 +129,7 @@ def _cmd_aggregate(args: argparse.Namespace) -> None:
     report_dir = None
     if not args.no_reports:
         report_dir = Path(args.report_dir) if args.report_dir else side_path(out, default.out, default.report_dir, out.parent)
+    _check_outputs(out, report_dir / "aggregate.json" if report_dir else None, Path(args.calls))
     paths = aggregate.AggregatePaths(calls=Path(args.calls), out=out, report_dir=report_dir)
     result = aggregate.run(params.aggregate, beta, paths, strict=args.strict)
     print_json({"out": str(out), **{k: result[k] for k in ("panel", "calls", "pairs")}})

@@ -119,3 +119,29 @@ def test_stage_outputs_that_cannot_be_written_are_refused_before_the_stage_runs(
         assert err == f"sp2dpo: error: {expected}\n" or expected in err, (argv, err)
     assert pairs.read_bytes() == b"not really parquet"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.parquet"]
+
+
+def test_numeric_flags_are_refused_by_name(tmp_path, capsys):
+    """`--seed -1` reached numpy ("expected non-negative integer", no flag named), `--rounds` of
+    1e20 as digits ran out of memory, `judge --limit -2` was a slice bound and `--limit 0` was
+    accepted by judge but refused by ifeval and prefeval: each is now argparse's one line naming
+    the flag, status 2, before anything is read."""
+    some = str(tmp_path / "x.jsonl")
+    cases = [
+        (["arenahard", "--battles", some, "--rounds", "1e20"], "argument --rounds: must be an integer from 0 to 1,000,000, got '1e20'"),
+        (["arenahard", "--battles", some, "--rounds", "10" * 10], "argument --rounds: must be an integer from 0 to 1,000,000"),
+        (["arenahard", "--battles", some, "--seed=-1"], "argument --seed: must be an integer from 0 to 4294967295, got -1"),
+        (["arenahard", "--judgments", some, "--weight", "0"], "argument --weight: must be a positive integer, got 0"),
+        (["judge", "--outputs", some, "--out", some + ".out", "--limit=-2"], "argument --limit: must be a positive integer, got -2"),
+        (["judge", "--outputs", some, "--out", some + ".out", "--limit", "0"], "argument --limit: must be a positive integer, got 0"),
+        (["ifeval", "--responses", some, "--limit", "0"], "argument --limit: must be a positive integer, got 0"),
+        (["prefeval", "--model", "m", "--pairs", some, "--batch-size", "0"], "argument --batch-size: must be a positive integer"),
+        (["prefeval", "--model", "m", "--pairs", some, "--seed", "x"], "argument --seed: must be an integer from 0 to 4294967295, got 'x'"),
+        (["aggregate", "--beta-min", "nan"], "argument --beta-min: must be a finite number, got nan"),
+        (["verify", "--tolerance", "inf"], "argument --tolerance: must be a finite number, got inf"),
+        (["sweep", "run", "-j", "0"], "argument -j/--jobs: must be a positive integer, got 0"),
+    ]
+    for argv, expected in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (argv, err)

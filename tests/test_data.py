@@ -206,6 +206,19 @@ def test_json_list_errors_name_the_row(tmp_path):
         data.read_snapshot(path)
 
 
+@pytest.mark.parametrize("name", ["dup.jsonl", "dup.jsonl.gz", "dup.json", "dup.json.gz"])
+def test_duplicate_json_key_names_file_line_and_key(tmp_path, name):
+    good = json.dumps(GOOD)
+    twice = good[:-1] + ', "chosen": "other"}'
+    text = (f"[{good},\n{twice}]" if not name.startswith("dup.jsonl") else f"{good}\n{twice}\n")
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    with pytest.raises(data.DataError) as info:
+        data.read_snapshot(path)
+    where = f"{path} line 2" if name.startswith("dup.jsonl") else str(path)
+    assert str(info.value) == f"{where}: duplicate key 'chosen'"
+
+
 def test_unknown_file_type_and_missing_file(tmp_path):
     (tmp_path / "pairs.xlsx").write_text("x")
     with pytest.raises(data.DataError, match=r"pairs\.xlsx: unknown snapshot type; expected one of \.jsonl"):

@@ -113,6 +113,17 @@ def test_structural_errors(tmp_path, content, match):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["ann.json", "ann.json.gz"])
+def test_duplicate_json_key_names_file_and_key(tmp_path, gamed_records, name):
+    text = json.dumps(gamed_records[:2])
+    text = text.replace('"preference": ', '"preference": 1.0, "preference": ', 1)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    with pytest.raises(AlpacaEvalFormatError) as err:
+        alpaca.read_annotations(path)
+    assert str(err.value) == f"{path}: not a readable JSON file (duplicate key 'preference')"
+
+
 def test_empty_file_and_bad_gzip_are_errors(tmp_path):
     empty = tmp_path / "empty.json"
     empty.write_bytes(b"")

@@ -138,6 +138,78 @@ def test_bad_files(tmp_path: Path) -> None:
         ifeval.load_prompts(write_jsonl(tmp_path / "empty.jsonl", []))
 
 
+def test_subset_prompts_is_the_subset_load_prompts_takes(input_path: Path) -> None:
+    every = ifeval.load_prompts(input_path)
+    for limit, seed in ((5, 42), (10, 7), (None, 42), (10_000, 1)):
+        subset = ifeval.subset_prompts(every, limit, seed)
+        assert subset == ifeval.load_prompts(input_path, limit=limit, seed=seed)
+    assert ifeval.subset_prompts(list(reversed(every)), 5, 42) == ifeval.subset_prompts(every, 5, 42)
+    with pytest.raises(IFEvalInputError, match="limit must be a positive integer or None, got 0"):
+        ifeval.subset_prompts(every, 0, 42)
+
+
+def test_duplicate_json_key_names_file_line_and_key(tmp_path: Path) -> None:
+    line = json.dumps(GOOD)[:-1] + ', "key": 5}'
+    path = write_jsonl(tmp_path / "p.jsonl", [{**GOOD, "key": 2}, line])
+    with pytest.raises(IFEvalInputError) as info:
+        ifeval.load_prompts(path)
+    assert str(info.value) == f"{path}:2: invalid JSON: duplicate key 'key'"
+    responses = write_jsonl(tmp_path / "r.jsonl", ['{"key": 1, "response": "a", "response": "b"}'])
+    with pytest.raises(IFEvalInputError) as info:
+        ifeval.load_responses(responses, [IFEvalPrompt(1, "p", ("punctuation:no_comma",), ({},))])
+    assert str(info.value) == f"{responses}:1: invalid JSON: duplicate key 'response'"
+
+
+RESPONSE_PROMPTS = [
+    IFEvalPrompt(k, f"Prompt number {k}.", ("punctuation:no_comma",), ({},)) for k in (1, 2, 3)
+]
+
+
+def test_response_key_and_prompt_text_must_agree(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", [
+        {"key": 1, "prompt": "Prompt number 1.", "response": "a"},
+        {"key": 2, "prompt": "Prompt number 3.", "response": "b"},
+    ])
+    with pytest.raises(IFEvalInputError) as info:
+        ifeval.load_responses(path, RESPONSE_PROMPTS)
+    assert str(info.value) == (
+        f"{path}:2: fields 'key' and 'prompt' disagree: key 2 has prompt 'Prompt number 2.', "
+        "the line gives 'Prompt number 3.'"
+    )
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"key": 9, "response": "x"}, "field 'key': no prompt with key 9 in the input"),
+    ({"prompt": "Not a prompt.", "response": "x"}, "field 'prompt': matches no prompt of the input"),
+])
+def test_response_to_no_prompt_of_the_input_names_the_line(
+    tmp_path: Path, row: dict, message: str
+) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", [{"key": 1, "response": "a"}, row])
+    with pytest.raises(IFEvalInputError) as info:
+        ifeval.load_responses(path, RESPONSE_PROMPTS[:1], known=RESPONSE_PROMPTS)
+    assert str(info.value) == f"{path}:2: {message}"
+    with pytest.raises(IFEvalInputError, match=r"r\.jsonl:2: "):  # known defaults to the prompts
+        ifeval.load_responses(path, RESPONSE_PROMPTS[:1])
+
+
+def test_responses_outside_the_scored_subset_are_ignored_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", [
+        {"key": 1, "response": "a"},
+        {"key": 2, "response": "b"},
+        {"prompt": "Prompt number 3.", "response": "c"},
+    ])
+    with caplog.at_level("INFO", logger="sp2dpo.evaluate.ifeval_inputs"):
+        got = ifeval.load_responses(path, RESPONSE_PROMPTS[:1], known=RESPONSE_PROMPTS)
+    assert got == {1: "a"}
+    notes = [r.getMessage() for r in caplog.records if r.name == "sp2dpo.evaluate.ifeval_inputs"]
+    assert notes == [f"{path}: 2 response(s) to prompts outside the scored subset ignored"]
+    with pytest.raises(IFEvalInputError, match=r"r\.jsonl:2: field 'key': no prompt with key 2"):
+        ifeval.load_responses(path, RESPONSE_PROMPTS[:1])
+
+
 # --------------------------------------------------------------------------------------------
 # checkers on real prompts, strict vs loose
 # --------------------------------------------------------------------------------------------

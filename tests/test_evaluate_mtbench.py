@@ -128,6 +128,13 @@ def test_parse_rating(text, rating):
     assert got == rating and type(got) is type(rating)
 
 
+@pytest.mark.parametrize("text", ["Rating: [[0]]", "Rating: [[11]]", "Rating: [[0.5]]",
+                                  "Rating: [[10.5]]", "I give it [100]."])
+def test_parse_rating_outside_1_to_10_is_a_failed_grade(text):
+    assert mt.parse_rating(text) == mt.FAILED_RATING
+    assert mt.parse_rating("Rating: [[1]]") == 1 and mt.parse_rating("[[10.0]]") == 10.0
+
+
 # ------------------------------------------------------------------------------ judge prompts
 
 
@@ -225,6 +232,43 @@ def test_bad_judgment_values(tmp_path, change, message):
     path.write_text(json.dumps(row) + "\n", encoding="utf-8")
     with pytest.raises(BenchmarkInputError, match=re.escape(f"{path}:1: {message}")):
         mt.read_judgments(path)
+
+
+@pytest.mark.parametrize(("score", "shown"), [
+    (0, "0"), (-5, "-5"), (11, "11"), (1e308, "1e+308"), (0.5, "0.5"), (10.01, "10.01"),
+])
+def test_judgment_score_outside_1_to_10_names_file_line_and_field(tmp_path, score, shown):
+    ok = {"question_id": 81, "model": "m", "judge": ["gpt-4", "single-v1"], "score": 7, "turn": 1}
+    path = tmp_path / "j.jsonl"
+    path.write_text(json.dumps(ok) + "\n" + json.dumps(ok | {"turn": 2, "score": score}) + "\n",
+                    encoding="utf-8")
+    message = (f"{path}:2: field 'score' must be a grade from 1 to 10 (or -1 for a failed grade), "
+               f"got {shown}")
+    with pytest.raises(BenchmarkInputError) as info:
+        mt.read_judgments(path)
+    assert str(info.value) == message
+
+
+def test_judgment_scores_in_range_and_failed_grades_are_read(tmp_path):
+    rows = [{"question_id": 81, "model": "m", "judge": ["gpt-4", "single-v1"], "score": score,
+             "turn": turn} for score, turn in ((1, 1), (7.5, 2))]
+    rows.append(rows[0] | {"question_id": 82, "score": 10})
+    rows.append(rows[0] | {"question_id": 83, "score": -1})
+    path = tmp_path / "j.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    got = mt.scores(mt.read_judgments(path))["m"]
+    assert got["turn1"] == pytest.approx(5.5) and got["turn2"] == pytest.approx(7.5)
+    assert got["n"] == 3 and got["n_failed"] == 1
+
+
+def test_duplicate_key_names_file_line_and_key(tmp_path):
+    ok = '{"question_id": 81, "model": "m", "judge": ["gpt-4", "single-v1"], "score": 7, "turn": 1}'
+    twice = ok.replace('"turn": 1}', '"turn": 2, "score": 3}')
+    path = tmp_path / "j.jsonl"
+    path.write_text(ok + "\n" + twice + "\n", encoding="utf-8")
+    with pytest.raises(BenchmarkInputError) as info:
+        mt.read_judgments(path)
+    assert str(info.value) == f"{path}:2: invalid JSON: duplicate key 'score'"
 
 
 def test_repeated_rating_and_unreadable_files(tmp_path):

@@ -516,3 +516,44 @@ def test_lc_of_50_from_an_all_zero_fit_says_why():
     metrics = winrate.winrate(alpaca.validate_annotations(rows))
     assert metrics["length_controlled_winrate"] == pytest.approx(50.0)
     assert "shrank every GLM weight to 0" in metrics["length_controlled_note"]
+
+
+@pytest.mark.parametrize(("preferences", "lc_before", "one_class_fits"), [
+    # folds whose two training rows both have preference 1 (or both 2): one outcome only
+    ((1.0, 1.0, 1.8), 27.53682922067462, 1),
+    ((2.0, 2.0, 1.6), 86.27181254172098, 1),
+    ((2.0, 2.0, 2.0), 99.99595133797662, 4),
+])
+def test_three_item_file_prints_no_liblinear_warnings_and_reports_them_once(
+    tmp_path, capfd, caplog, recwarn, preferences, lc_before, one_class_fits
+):
+    rows = [
+        {"instruction": f"q{i}", "output_1": "x" * (10 + 9 * i), "generator_1": "ref",
+         "output_2": "y" * (30 - 5 * i), "generator_2": "m", "preference": p}
+        for i, p in enumerate(preferences)
+    ]
+    path = tmp_path / "three.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    capfd.readouterr()
+    with caplog.at_level("INFO", logger="sp2dpo.evaluate.lc"):
+        metrics = winrate.evaluate_file(path)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    assert [str(w.message) for w in recwarn] == []
+    # the numbers are those computed before the warnings were silenced
+    assert metrics["length_controlled_winrate"] == pytest.approx(lc_before, rel=1e-12)
+    assert metrics["n_total"] == 3 and set(metrics) >= KEYS
+    notes = [r.getMessage() for r in caplog.records if r.name == "sp2dpo.evaluate.lc"]
+    assert len(notes) == 1
+    assert notes[0].startswith(f"length-controlled GLM: {one_class_fits} of 4 liblinear fits")
+    assert "'class label N specified in weight is not found'" in notes[0]
+    frame = alpaca.read_annotations(path)
+    assert lc_glm.length_controlled_winrate(frame).fit.one_class_fits == one_class_fits
+
+
+def test_fit_of_two_sided_folds_reports_nothing(frames, caplog):
+    with caplog.at_level("INFO", logger="sp2dpo.evaluate.lc"):
+        lc = lc_glm.length_controlled_winrate(frames["gpt-3.5-turbo-1106"])
+    assert lc.fit.one_class_fits == 0
+    assert lc.winrate == pytest.approx(OFFLINE_LC["gpt-3.5-turbo-1106"], rel=1e-9)
+    assert [r for r in caplog.records if r.name == "sp2dpo.evaluate.lc"] == []

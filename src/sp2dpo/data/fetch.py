@@ -3,7 +3,8 @@ to the canonical pairs table (:class:`sp2dpo.core.schemas.PairsTable`).
 
 Two reply forms are accepted: the HF form, where ``chosen``/``rejected`` are chat transcripts
 (lists of ``{"role", "content"}`` messages) whose last assistant message is the reply, and plain
-strings.
+strings. A snapshot whose record gives a key twice is refused (:mod:`sp2dpo.core.jsonio`), not
+resolved as "last wins".
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sp2dpo.core import artifacts
+from sp2dpo.core import artifacts, jsonio
 from sp2dpo.core.config import DataConfig
 from sp2dpo.core.errors import UserError
 from sp2dpo.core.schemas import PAIR_COLUMNS, PairsTable
@@ -153,6 +154,14 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8")
 
 
+def _json_error(where: str, exc: json.JSONDecodeError, *, whole_file: bool) -> DataError:
+    """The one-line error of a JSON parse failure: the duplicate key, or the position."""
+    if isinstance(exc, jsonio.DuplicateKeyError):
+        return DataError(f"{where}: {exc}")
+    at = f"line {exc.lineno} column {exc.colno}" if whole_file else f"column {exc.colno}"
+    return DataError(f"{where}: malformed JSON ({exc.msg} at {at})")
+
+
 @contextlib.contextmanager
 def _readable(path: Path, lines_read: Callable[[], int]) -> Iterator[None]:
     """Turn a truncated or corrupt compressed file, or bytes that are not UTF-8, into a
@@ -186,18 +195,16 @@ def iter_snapshot(path: str | Path) -> Iterator[tuple[str, Any]]:
                     continue
                 where = f"{path} line {number}"
                 try:
-                    record = json.loads(line)
+                    record = jsonio.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                    raise _json_error(where, exc, whole_file=False) from None
                 yield where, record
     elif suffix.startswith(".json"):
         with _open_text(path) as fh, _readable(path, lambda: 0):
             try:
-                records = json.load(fh)
+                records = jsonio.load(fh)
             except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-                ) from None
+                raise _json_error(str(path), exc, whole_file=True) from None
         if not isinstance(records, list):
             raise DataError(f"{path}: expected a JSON list of records")
         for row, record in enumerate(records):

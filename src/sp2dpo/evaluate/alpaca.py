@@ -14,6 +14,8 @@ Two JSON formats (plain ``.json`` or gzip-compressed ``.json.gz``), as in tatsu-
 
 Every reader fails with an :class:`AlpacaEvalFormatError` (a ``ValueError``) naming the file, the
 item index and the field, so the ``sp2dpo`` command prints one clear line instead of a traceback.
+A key given twice in one object is refused (:mod:`sp2dpo.core.jsonio`), not resolved as "last
+wins".
 Writers are atomic and deterministic (same records, same bytes).
 """
 
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sp2dpo.core import jsonio
 from sp2dpo.core.artifacts import atomic_path
 
 #: Key order of an AlpacaEval model-outputs item (extra keys follow, sorted).
@@ -82,7 +85,9 @@ def load_json_list(path: str | Path) -> list[dict[str, Any]]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        AlpacaEvalFormatError: not JSON, not a list, empty, or an item that is not an object.
+        AlpacaEvalFormatError: not JSON (a key given twice in one object included: ``FILE: not
+            a readable JSON file (duplicate key 'NAME')``), not a list, empty, or an item that is
+            not an object.
     """
     path = Path(path)
     if not path.is_file():
@@ -90,10 +95,10 @@ def load_json_list(path: str | Path) -> list[dict[str, Any]]:
     try:
         if _is_gzip(path):
             with gzip.open(path, "rt", encoding="utf-8") as fh:
-                obj = json.load(fh)
+                obj = jsonio.load(fh)
         else:
             with open(path, encoding="utf-8") as fh:
-                obj = json.load(fh)
+                obj = jsonio.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as exc:
         raise AlpacaEvalFormatError(f"{path}: not a readable JSON file ({exc})") from exc
     if not isinstance(obj, list):

@@ -1,10 +1,17 @@
-"""Reading the official benchmark files (Arena-Hard-Auto, MT-Bench): JSON Lines, plain or gzipped.
+"""Reading the official benchmark files (Arena-Hard-Auto, MT-Bench, IFEval, preference pairs):
+JSON Lines, plain or gzipped.
 
-The benchmark modules (:mod:`.arenahard`, :mod:`.mtbench`) read files written by other projects'
-scripts, so every record is checked on the way in and every failure names the file, the line and
-the field (``FILE:LINE: field 'NAME': ...``) instead of surfacing later as a ``KeyError`` deep in a
-computation. The failures are :class:`BenchmarkInputError`, a :class:`~sp2dpo.core.errors.UserError`,
-so the ``sp2dpo`` command prints them as one ``sp2dpo: error: ...`` line (exit status 2).
+The benchmark modules (:mod:`.arenahard`, :mod:`.mtbench`, :mod:`.ifeval_inputs`,
+:mod:`.prefpairs`) read files written by other projects' scripts, so every record is checked on
+the way in and every failure names the file, the line and the field (``FILE:LINE: field 'NAME':
+...``) instead of surfacing later as a ``KeyError`` deep in a computation. A key given twice in one
+line is refused (:mod:`sp2dpo.core.jsonio`), not resolved as "last wins". The failures are
+:class:`BenchmarkInputError` (or the reader's own subclass of
+:class:`~sp2dpo.core.errors.UserError`), so the ``sp2dpo`` command prints them as one
+``sp2dpo: error: ...`` line (exit status 2).
+
+A reader that stops before the end of a gzip file (a ``limit``) checks the rest of the compressed
+stream with :func:`check_gzip_intact`, so a file cut short is noticed whatever the limit.
 """
 
 from __future__ import annotations
@@ -16,31 +23,61 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from sp2dpo.core import jsonio
 from sp2dpo.core.errors import UserError
 
-__all__ = ["BenchmarkInputError", "field", "iter_jsonl", "question_id", "text_field"]
+__all__ = [
+    "BenchmarkInputError",
+    "check_gzip_intact",
+    "field",
+    "is_gzip",
+    "iter_jsonl",
+    "question_id",
+    "text_field",
+]
+
+#: Errors of a file that cannot be read or decoded (missing, corrupt or truncated gzip, not UTF-8).
+_READ_ERRORS = (OSError, EOFError, UnicodeDecodeError, zlib.error)
+#: Bytes decompressed at a time by :func:`check_gzip_intact`.
+_CHUNK = 1 << 20
 
 
 class BenchmarkInputError(UserError, ValueError):
     """A benchmark file that cannot be used; the message names file, line and field."""
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def is_gzip(path: Path) -> bool:
+    """Whether ``path`` is read as gzip: by its ``.gz`` suffix (any case)."""
+    return path.name.lower().endswith(".gz")
+
+
+def iter_jsonl(
+    path: str | Path,
+    *,
+    error: type[UserError] = BenchmarkInputError,
+    allow_empty: bool = False,
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(where, record)`` for every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file.
 
     ``where`` is ``"FILE:LINE"``, the prefix of every error message about that record. A gzip file
     is recognised by its ``.gz`` suffix, so the official files and our compressed copies of them
     read the same way.
 
+    Args:
+        path: the file.
+        error: the class of the errors raised (a reader's own :class:`UserError` subclass).
+        allow_empty: a file without any record is not an error (the caller says what is missing).
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        BenchmarkInputError: a line is not JSON or not a JSON object, the file cannot be decoded
-            (corrupt gzip, not UTF-8), or it holds no record at all.
+        BenchmarkInputError: (or ``error``) a line is not JSON (``FILE:LINE: invalid JSON: ...``,
+            a key given twice included: ``duplicate key 'NAME'``) or not a JSON object, the file
+            cannot be decoded (corrupt gzip, not UTF-8), or it holds no record at all.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
+    opener: Any = gzip.open if is_gzip(path) else open
     count = 0
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
@@ -49,19 +86,36 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
                     continue
                 where = f"{path}:{lineno}"
                 try:
-                    record = json.loads(line)
+                    record = jsonio.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise BenchmarkInputError(f"{where}: invalid JSON: {exc}") from None
+                    raise error(f"{where}: invalid JSON: {exc}") from None
                 if not isinstance(record, dict):
-                    raise BenchmarkInputError(
-                        f"{where}: expected a JSON object, got {type(record).__name__}"
-                    )
+                    raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
                 count += 1
                 yield where, record
-    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
-        raise BenchmarkInputError(f"{path}: cannot read: {exc}") from None
-    if count == 0:
-        raise BenchmarkInputError(f"{path}: no records")
+    except _READ_ERRORS as exc:
+        raise error(f"{path}: cannot read: {exc}") from None
+    if count == 0 and not allow_empty:
+        raise error(f"{path}: no records")
+
+
+def check_gzip_intact(path: str | Path, error: type[UserError] = BenchmarkInputError) -> None:
+    """Decompress a gzip file to its end (in chunks, nothing parsed) to prove it is whole.
+
+    A reader that stops early (a ``limit``) never reaches the end-of-stream marker and the CRC,
+    so a file cut short or damaged after the part read would pass unnoticed without this check.
+
+    Raises:
+        BenchmarkInputError: (or ``error``) ``FILE: cannot read: ...``, as :func:`iter_jsonl`
+            says it of a corrupt gzip.
+    """
+    path = Path(path)
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(_CHUNK):
+                pass
+    except _READ_ERRORS as exc:
+        raise error(f"{path}: cannot read: {exc}") from None
 
 
 def field(record: Mapping[str, Any], name: str, where: str, types: type | tuple[type, ...]) -> Any:

@@ -60,6 +60,7 @@ from sp2dpo.evaluate.ifeval_inputs import (
     MissingResponseError,
     load_prompts,
     load_responses,
+    subset_prompts,
 )
 from sp2dpo.evaluate.punkt import PunktUnavailableError
 
@@ -78,6 +79,7 @@ __all__ = [
     "load_responses",
     "offline_punkt",
     "score",
+    "subset_prompts",
     "summary",
     "write_results",
 ]

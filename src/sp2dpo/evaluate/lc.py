@@ -19,13 +19,27 @@ The two per-instruction files live on the Hub only. Without them, :data:`OFFLINE
 ``tanh(std_delta_len) + not_gamed_baseline`` on the model's rows alone (AlpacaEval's
 ``length_controlled_minimal`` formula): an *estimate* that can differ from the leaderboard LC by
 several points and is always labelled as such (``lc_is_offline_estimate``).
+
+Each row enters the fit twice (outcome 1 weighted ``p``, outcome 0 weighted ``1 - p``), and
+liblinear drops rows of weight 0. When every training row of a cross-validation fold (or of the
+whole fit) has preference 1, or every one preference 2, one outcome is left without rows, and
+liblinear's C code prints ``WARNING: class label N specified in weight is not found`` to the
+process's stderr once per penalty tried (ten lines per such fold; a Python warnings filter cannot
+catch them). This happens with a handful of annotations. :func:`fit_glm` counts those fits
+(:attr:`GLMFit.one_class_fits`), keeps liblinear's lines out of the output and logs one line
+instead; the fit itself is unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +60,8 @@ FEATURE_NOT_GAMED = "not_gamed_baseline.astype(float)"
 RANDOM_STATE = 123
 #: Predictions are clipped to [EPS, 1 - EPS] in the cross-validation log loss.
 EPS = 1e-15
+#: What liblinear prints to stderr for a fit whose rows of one outcome all have weight 0.
+_ONE_CLASS_LINE = re.compile(rb"^WARNING: class label \d+ specified in weight is not found\r?\n?$")
 
 
 @dataclass(frozen=True)
@@ -278,11 +294,48 @@ class GLMFit:
         coef: weight per feature name.
         C: the inverse L1 penalty chosen by cross-validation.
         n_splits: folds used.
+        one_class_fits: of the ``n_splits + 1`` liblinear fits (the folds, then the fit on all
+            rows), those whose rows of one outcome all had weight 0 (see the module docstring).
     """
 
     coef: dict[str, float]
     C: float
     n_splits: int
+    one_class_fits: int = 0
+
+
+def _one_class_fits(y2: np.ndarray, sw2: np.ndarray, trains: Sequence[np.ndarray]) -> int:
+    """How many of the fits on the rows ``trains`` leave liblinear one outcome with weight > 0."""
+    return sum(
+        not all(((y2[rows] == label) & (sw2[rows] > 0)).any() for label in (0, 1))
+        for rows in trains
+    )
+
+
+@contextlib.contextmanager
+def _without_one_class_lines() -> Iterator[None]:
+    """Run the block with the process's stderr (fd 2) in a temporary file, then write back what
+    it received except liblinear's one-class lines. The rest is delayed, not lost."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to protect
+        saved = None
+    if saved is None:
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held if not _ONE_CLASS_LINE.match(line)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def fit_glm(
@@ -321,9 +374,11 @@ def fit_glm(
     sw2 = np.concatenate([p * weight, (1 - p) * weight])
     groups = np.concatenate([np.arange(n), np.arange(n)])
     folds = list(GroupKFold(n_splits=n_splits).split(X2, y2, groups))
+    one_class = _one_class_fits(y2, sw2, [train for train, _ in folds] + [np.arange(2 * n)])
+    quiet = _without_one_class_lines() if one_class else contextlib.nullcontext()
     # Metadata routing hands the sample weights to the CV scorer; enabled locally (thread-local
     # config), whatever the caller's global sklearn setting.
-    with sklearn.config_context(enable_metadata_routing=True), warnings.catch_warnings():
+    with sklearn.config_context(enable_metadata_routing=True), warnings.catch_warnings(), quiet:
         # liblinear's convergence warnings on tiny folds; the fit is still reported.
         warnings.simplefilter("ignore", category=UserWarning)
         model = LogisticRegressionCV(
@@ -338,11 +393,19 @@ def fit_glm(
             use_legacy_attributes=False,
         )
         model.fit(X2, y2, sample_weight=sw2)
+    if one_class:
+        log.warning(
+            "length-controlled GLM: %d of %d liblinear fits (%d cross-validation folds and the "
+            "fit on all rows) had rows of one outcome only (every preference 1, or every "
+            "preference 2); liblinear's 'class label N specified in weight is not found' lines "
+            "were left out", one_class, n_splits + 1, n_splits,
+        )
     coef = model.coef_.ravel()
     return GLMFit(
         coef={f: float(c) for f, c in zip(features, coef, strict=True)},
         C=float(np.ravel(model.C_)[0]),
         n_splits=n_splits,
+        one_class_fits=one_class,
     )
 
 

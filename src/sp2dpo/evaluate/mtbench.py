@@ -11,7 +11,11 @@ A judge grades each answer turn on a 1-10 scale:
   field of ``question.jsonl`` is not what FastChat grades with). :func:`render_single` builds the
   (system, user) pair exactly as FastChat's ``run_judge_single``.
 * **Ratings.** :func:`parse_rating`: the first ``[[number]]`` in the judge's text, else the first
-  ``[number]``, else -1 (a failed grade).
+  ``[number]``, else -1 (a failed grade). A number outside 1..10 is a failed grade too: this is
+  our choice, not FastChat's (whose ``show_result.py`` would average a ``[[0]]`` or ``[[11]]``;
+  its prompts ask for a rating from 1 to 10), so our own judgments count such a rating in
+  ``n_failed`` instead of averaging it. A judgment file read with :func:`read_judgments` must hold
+  grades from 1 to 10 or -1; any other score is refused with its file and line.
 * **Scores.** :func:`scores`, as ``show_result.py --mode single``: rows rated -1 are dropped; the
   turn-1 and turn-2 scores are the mean rating of each turn; the MT-Bench score is the mean of
   all remaining rows pooled (equal to the mean of the two turn means when no row is dropped).
@@ -34,6 +38,8 @@ __all__ = [
     "DEFAULT_QUESTIONS",
     "DEFAULT_REFERENCE",
     "FAILED_RATING",
+    "MAX_RATING",
+    "MIN_RATING",
     "NEED_REFERENCE_CATEGORIES",
     "JudgePrompt",
     "MTAnswer",
@@ -55,6 +61,8 @@ __all__ = [
 NEED_REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 #: The rating FastChat records when no rating can be read from the judge's text.
 FAILED_RATING = -1
+#: The grade scale of the judge prompts (inclusive; a number of the scale may have decimals).
+MIN_RATING, MAX_RATING = 1, 10
 
 DEFAULT_QUESTIONS = Path("data/evalsets/mt_bench/question.jsonl.gz")
 DEFAULT_REFERENCE = Path("data/evalsets/mt_bench/reference_answer/gpt-4.jsonl.gz")
@@ -194,8 +202,8 @@ def read_judgments(path: str | Path) -> list[SingleJudgment]:
 
     Raises:
         FileNotFoundError, BenchmarkInputError: a missing or mistyped field (``FILE:LINE: missing
-            field 'score'``), a ``turn`` other than 1 or 2, or a repeated (model, question, turn,
-            judge).
+            field 'score'``), a ``score`` that is neither -1 nor a grade from 1 to 10, a ``turn``
+            other than 1 or 2, or a repeated (model, question, turn, judge).
     """
     out: list[SingleJudgment] = []
     seen: dict[tuple[Any, ...], str] = {}
@@ -207,8 +215,11 @@ def read_judgments(path: str | Path) -> list[SingleJudgment]:
         turn = field(row, "turn", where, int)
         if turn not in (1, 2):
             raise BenchmarkInputError(f"{where}: field 'turn' must be 1 or 2, got {turn}")
-        if not math.isfinite(score):
-            raise BenchmarkInputError(f"{where}: field 'score' must be finite, got {score}")
+        if not _is_grade(score):
+            raise BenchmarkInputError(
+                f"{where}: field 'score' must be a grade from {MIN_RATING} to {MAX_RATING} "
+                f"(or {FAILED_RATING} for a failed grade), got {score}"
+            )
         key = (model, qid, turn, judge)
         if key in seen:
             raise BenchmarkInputError(
@@ -281,10 +292,16 @@ def render_single(
     return prompt.system_prompt, user
 
 
+def _is_grade(score: float) -> bool:
+    """A score FastChat's scale allows: a failed grade (-1) or a number from 1 to 10."""
+    return score == FAILED_RATING or MIN_RATING <= score <= MAX_RATING
+
+
 def parse_rating(text: str | None) -> int | float:
     """The rating in a judge's text: first ``[[x]]``, else first ``[x]``, else -1 (as FastChat).
 
-    ``x`` is digits with an optional decimal part; an integer is returned as ``int``.
+    ``x`` is digits with an optional decimal part; an integer is returned as ``int``. A number
+    outside 1..10 is -1 as well (our choice, see the module docstring; FastChat keeps it).
     """
     if text is None:
         return FAILED_RATING
@@ -292,7 +309,8 @@ def parse_rating(text: str | None) -> int | float:
     if match is None:
         return FAILED_RATING
     value = match.group(1)
-    return float(value) if "." in value else int(value)
+    rating = float(value) if "." in value else int(value)
+    return rating if _is_grade(rating) else FAILED_RATING
 
 
 # ------------------------------------------------------------------------------ scores

@@ -6,7 +6,9 @@ Accepted: a canonical table (``.parquet``, ``.csv``, ``.jsonl``, ``.jsonl.gz``) 
 Hub rows whose ``chosen`` / ``rejected`` are message lists (the reply is the last assistant
 message). A pair whose two replies are identical carries no preference and is dropped; a pair
 with an empty reply is dropped as the ``filter`` stage drops it from training data; both are
-counted. Bad rows stop with the file, row and field.
+counted. Bad rows stop with the file, row and field. A gzip file read only in part (``limit``)
+is still checked to its end (:func:`~sp2dpo.evaluate.evalfiles.check_gzip_intact`): a file cut
+short is an error whatever the limit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from sp2dpo.evaluate.evalfiles import BenchmarkInputError, iter_jsonl
+from sp2dpo.evaluate.evalfiles import BenchmarkInputError, check_gzip_intact, is_gzip, iter_jsonl
 
 _TABLE_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet", ".csv")
 
@@ -130,7 +132,8 @@ def read_pairs(path: str | Path, limit: int | None = None) -> PairsRead:
 
     Raises:
         FileNotFoundError: no such file.
-        BenchmarkInputError: an unknown file type, an unreadable file, or a row without a usable
+        BenchmarkInputError: an unknown file type, an unreadable file (a gzip file cut short or
+            corrupt after the rows read included), or a row without a usable
             ``prompt``/``chosen``/``rejected`` (the message names file, row and field); no usable
             pair at all.
     """
@@ -152,6 +155,8 @@ def read_pairs(path: str | Path, limit: int | None = None) -> PairsRead:
         else:
             pairs.append(Pair(prompt_id, prompt, chosen, rejected))
             if limit is not None and len(pairs) >= limit:
+                if is_gzip(path):
+                    check_gzip_intact(path)
                 break
     if not pairs:
         raise BenchmarkInputError(

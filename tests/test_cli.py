@@ -145,3 +145,12 @@ def test_numeric_flags_are_refused_by_name(tmp_path, capsys):
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_folder_given_as_an_input_file_is_named_as_a_folder(tmp_path, capsys):
+    """Before: "no such file" for a folder that exists."""
+    for argv in (["mtbench", "--judgments", str(tmp_path)], ["arenahard", "--battles", str(tmp_path)],
+                 ["winrate", "--annotations", str(tmp_path)], ["params", "check", "--params", str(tmp_path)]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"sp2dpo: error: {tmp_path}: is a folder"), (argv, err)

@@ -630,3 +630,29 @@ def test_cli_missing_response_and_bad_responses(
     nokey = write_jsonl(tmp_path / "nokey.jsonl", [{"response": "a"}])
     with pytest.raises(IFEvalInputError, match=r"nokey\.jsonl:1: missing field 'key'"):
         ifeval.load_responses(nokey, [prompts[1001]])
+
+
+def test_cli_scores_a_subset_of_a_full_responses_file_and_refuses_what_matches_nothing(
+    tmp_path: Path, input_path: Path, prompts: dict[int, IFEvalPrompt], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--limit 3` over a file answering every prompt: the other 538 lines are ignored (they are
+    prompts of the input); a line whose key is no prompt of the input, a key/prompt mismatch, a
+    folder as --responses and --out equal to --responses are one line each with status 2."""
+    everything = write_jsonl(tmp_path / "all.jsonl", [{"key": k, "response": "ok"} for k in sorted(prompts)])
+    base = ["ifeval", "--input", str(input_path), "--json"]
+    assert cli.main([*base, "--responses", str(everything), "--limit", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_prompts"] == 3
+    stray = write_jsonl(tmp_path / "stray.jsonl", [{"key": k, "response": "ok"} for k in sorted(prompts)]
+                        + [{"key": 99999999, "response": "ok"}])
+    key_a, key_b = sorted(prompts)[:2]
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"key": key_a, "prompt": prompts[key_b].prompt, "response": "x"}])
+    for argv, expected in [
+        (["--responses", str(stray), "--limit", "3"], f"stray.jsonl:{len(prompts) + 1}: field 'key': no prompt with key 99999999 in the input"),
+        (["--responses", str(mixed)], f"mixed.jsonl:1: fields 'key' and 'prompt' disagree: key {key_a}"),
+        (["--responses", str(tmp_path)], f"{tmp_path}: expected a .jsonl or .jsonl.gz file"),
+        (["--responses", str(everything), "--out", str(everything)], f"--out {everything}: is the input"),
+    ]:
+        assert cli.main([*base, *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (argv, err)
+    assert len(everything.read_text().splitlines()) == len(prompts)

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from sp2dpo.cli.common import Subparsers, positive_int, rounds_int, seed_int
+from sp2dpo.core import artifacts
 from sp2dpo.core.entry import print_json
 from sp2dpo.evaluate import arenahard, ifeval, mtbench, prefeval, winrate
 
@@ -52,8 +53,11 @@ def add_winrate(sub: Subparsers) -> None:
 
 
 def _cmd_ifeval(args: argparse.Namespace) -> None:
-    prompts = ifeval.load_prompts(args.input, limit=args.limit, seed=args.seed)
-    result = ifeval.score(prompts, ifeval.load_responses(args.responses, prompts))
+    if args.out:
+        artifacts.check_output(args.out, inputs=[args.responses, args.input], what="--out")
+    everything = ifeval.load_prompts(args.input)
+    prompts = ifeval.subset_prompts(everything, args.limit, args.seed)
+    result = ifeval.score(prompts, ifeval.load_responses(args.responses, prompts, known=everything))
     if args.out:
         ifeval.write_results(result, args.out)
     out: dict[str, Any] = ifeval.summary(result)

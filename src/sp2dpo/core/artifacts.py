@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import pandera.pandas as pa
 
-from sp2dpo.core.errors import OutputPathError, SchemaViolation
+from sp2dpo.core.errors import InputPathError, OutputPathError, SchemaViolation
 
 #: Table formats understood by :func:`read_table` / :func:`write_table`, by file suffix.
 TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
@@ -34,6 +34,18 @@ def _process_umask() -> int:
 #: Mode of every file written here: what ``open()`` would give (0666 minus the umask, read once
 #: at import), not the 0600 of the temporary file it is renamed from.
 FILE_MODE = 0o666 & ~_process_umask()
+
+
+def check_input(path: str | Path) -> Path:
+    """``path`` as a file to read: a missing path is ``FileNotFoundError`` (``PATH: no such
+    file``), a folder an :class:`OutputPathError`'s sibling message (``PATH: is a folder,
+    expected a file``) instead of "no such file" or an OS error later."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputPathError(f"{path}: is a folder, expected a file")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path
 
 
 def check_output(path: str | Path, *, inputs: Iterable[str | Path | None] = (), what: str = "output") -> Path:
@@ -165,10 +177,8 @@ def read_table(
     path: str | Path, schema: type[pa.DataFrameModel] | None = None, *, columns: list[str] | None = None
 ) -> pd.DataFrame:
     """Read a table by suffix (parquet, csv, jsonl, json) and validate it when ``schema`` is given."""
-    path = Path(path)
+    path = check_input(path)
     suffix = path.suffix.lower()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
     if suffix == ".parquet":
         frame = pd.read_parquet(path, columns=columns)
     elif suffix == ".csv":

@@ -24,3 +24,7 @@ class SchemaViolation(UserError, ValueError):
 
 class OutputPathError(UserError, ValueError):
     """An output path that cannot be written: under a file, an existing folder, or an input."""
+
+
+class InputPathError(UserError, ValueError):
+    """An input path that is not a readable file (a folder given as a file)."""

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from sp2dpo.core import jsonio
-from sp2dpo.core.artifacts import atomic_path
+from sp2dpo.core.artifacts import atomic_path, check_input
 
 #: Key order of an AlpacaEval model-outputs item (extra keys follow, sorted).
 MODEL_OUTPUT_KEYS = ("dataset", "instruction", "output", "generator")
@@ -90,8 +90,7 @@ def load_json_list(path: str | Path) -> list[dict[str, Any]]:
             not an object.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    check_input(path)
     try:
         if _is_gzip(path):
             with gzip.open(path, "rt", encoding="utf-8") as fh:

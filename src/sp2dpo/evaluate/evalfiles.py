@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core import jsonio
+from sp2dpo.core.artifacts import check_input
 from sp2dpo.core.errors import UserError
 
 __all__ = [
@@ -75,8 +76,7 @@ def iter_jsonl(
             cannot be decoded (corrupt gzip, not UTF-8), or it holds no record at all.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    check_input(path)
     opener: Any = gzip.open if is_gzip(path) else open
     count = 0
     try:

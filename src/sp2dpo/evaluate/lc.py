@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sp2dpo.core.artifacts import check_input
 from sp2dpo.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,7 @@ def read_instruction_difficulty(path: str | Path) -> pd.Series:
             non-finite values, duplicated indices.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    check_input(path)
     try:
         table = pd.read_csv(path, index_col=0)
     except (ValueError, pd.errors.ParserError) as exc:
@@ -173,8 +173,7 @@ def read_df_gamed(path: str | Path) -> pd.DataFrame:
         A frame with exactly the required columns, ``index`` as int, the rest as float.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    check_input(path)
     try:
         table = pd.read_csv(path)
     except (ValueError, pd.errors.ParserError) as exc:

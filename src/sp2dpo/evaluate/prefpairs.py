@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from sp2dpo.core.artifacts import check_input
 from sp2dpo.evaluate.evalfiles import BenchmarkInputError, check_gzip_intact, is_gzip, iter_jsonl
 
 _TABLE_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet", ".csv")
@@ -62,8 +63,7 @@ def _iter_records(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """``(where, record)`` for every row; ``where`` names the file and the 1-based row (and the
     line of a JSON Lines file)."""
     suffix = _suffix(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    check_input(path)
     if suffix.startswith(".jsonl"):
         for row, (where, record) in enumerate(iter_jsonl(path), start=1):
             line = where.rsplit(":", 1)[1]

@@ -285,3 +285,18 @@ def test_repeated_rating_and_unreadable_files(tmp_path):
         mt.read_judgments(path)
     with pytest.raises(FileNotFoundError):
         mt.read_judgments(tmp_path / "missing.jsonl")
+
+
+def test_a_failed_grade_beside_a_valid_one_is_dropped_before_the_duplicate_check(tmp_path):
+    """show_result.py drops -1 rows before anything else, so a failed attempt followed by a valid
+    grade of the same (model, question, turn) reads as the valid grade (it was an 'already rated'
+    error); two failed attempts read too; two valid grades stay an error."""
+    row = {"question_id": 81, "model": "m", "judge": ["gpt-4", "single-v1"], "score": -1, "turn": 1}
+    other = {**row, "question_id": 82, "score": 4}
+    path = tmp_path / "j.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (row, {**row, "score": 8}, row, other)))
+    got = mt.scores(mt.read_judgments(path))["m"]
+    assert (got["score"], got["n"], got["n_failed"]) == (6.0, 2, 2)
+    path.write_text("".join(json.dumps(r) + "\n" for r in ({**row, "score": 8}, row, {**row, "score": 9})))
+    with pytest.raises(BenchmarkInputError, match=re.escape(f"{path}:3: model 'm', question_id 81, turn 1 already rated at {path}:1")):
+        mt.read_judgments(path)

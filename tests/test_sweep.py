@@ -171,10 +171,12 @@ def test_mlflow_parent_and_children_with_the_training_runs_datasets(tmp_path, mo
                              tracking.DatasetRef("beta", "data/beta/beta.csv", pd.DataFrame({"b": [2]}), sha)])
     monkeypatch.delenv("DVC_EXP_NAME")
     cfg = _cfg()
+    pairs_1 = {f"p{i}": 0.6 + (0.1 if i % 2 else -0.1) for i in range(10)}
+    pairs_2 = {k: v + 0.1 for k, v in pairs_1.items()}
     trials = [sweep.Trial(name="env-1", rev="r1", index=1, state="success", setting={"beta.max": 0.1},
-                          method="sp2dpo", value=0.6, ci=(0.5, 0.7)),
+                          method="sp2dpo", value=0.6, ci=(0.5, 0.7), pairs=pairs_1),
               sweep.Trial(name="env-2", rev="r2", index=2, state="success", setting={"beta.max": 0.3},
-                          method="sp2dpo", value=0.7, ci=(0.6, 0.8)),
+                          method="sp2dpo", value=0.7, ci=(0.6, 0.8), pairs=pairs_2),
               sweep.Trial(name="env-3", rev="r3", index=3, state="failed", setting={"beta.max": 1.0},
                           problem="DVC state failed")]
     (tmp_path / "rep").mkdir()
@@ -195,6 +197,12 @@ def test_mlflow_parent_and_children_with_the_training_runs_datasets(tmp_path, mo
         assert child.data.tags["selected"] == str(name == "env-2").lower()
     assert children["env-2"].data.params == {"beta.max": "0.3", "method": "sp2dpo"}
     assert children["env-2"].data.metrics["prefeval.accuracy_ci_high"] == 0.8
+    # the paired difference best - this experiment on the runner-up, the criterion on the parent
+    assert children["env-1"].data.metrics["best_minus_this/prefeval.accuracy"] == pytest.approx(0.1)
+    assert children["env-1"].data.metrics["best_minus_this/prefeval.accuracy_ci_low"] == pytest.approx(0.1)
+    assert "best_minus_this/prefeval.accuracy" not in children["env-2"].data.metrics
+    assert "paired per-pair difference" in parent.data.tags["criterion"]
+    assert parent.data.tags["distinguishable"] == "true"
     beta = {i.dataset.name: i.dataset.digest for i in children["env-2"].inputs.dataset_inputs}
     assert beta == {"pairs": "f" * 16, "beta": "2" * 16}
     assert children["env-3"].info.status == "FAILED" and not children["env-3"].inputs.dataset_inputs
@@ -237,3 +245,90 @@ def test_workers_share_the_call_stores_and_split_the_cores(tmp_path, monkeypatch
     mine = {"OMP_NUM_THREADS": "1"}
     queue.cpu_threads(mine, 2)
     assert mine["OMP_NUM_THREADS"] == "1"
+
+
+# ------------------------------------------------------------------------------ the paired test
+
+
+def _paired_trials(shift_runner: float, noise: float = 0.3, n: int = 100):
+    """Two settings scored on the same n pairs: a shared per-pair effect (large, as held-out pairs
+    differ much more from each other than two nearby settings do) plus a small per-setting
+    jitter; the best is ahead of the runner-up by ``shift_runner`` on every pair on average."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    common = rng.normal(0.0, 1.0, n)
+    ids = [f"p{i:03d}" for i in range(n)]
+    best = common + 0.2 + rng.normal(0, noise * 0.1, n)
+    runner = common + 0.2 - shift_runner + rng.normal(0, noise * 0.1, n)
+    return ids, best, runner
+
+
+def test_distinguishable_is_decided_by_a_paired_bootstrap_of_the_per_pair_difference():
+    """Shared pairs make the two settings' errors correlated: marginal intervals of width ~0.4
+    overlap although the best is ahead on nearly every pair; the paired interval of the
+    difference sees it. Without per-pair data the marginal criterion is kept, and said."""
+    import numpy as np
+
+    from sp2dpo.sweep import paired
+
+    cfg = _cfg(metric="prefeval.mean_margin")
+    ids, best, runner = _paired_trials(shift_runner=0.05)
+
+    def trial(n, values, pairs=True):
+        mean = float(np.mean(values))
+        return sweep.Trial(name=f"env-{n}", rev="r", index=n, state="success", setting={"beta.max": n},
+                           method="sp2dpo", value=mean, ci=(mean - 0.2, mean + 0.2),
+                           pairs=dict(zip(ids, map(float, values), strict=True)) if pairs else None)
+
+    sel = sweep.select([trial(1, runner), trial(2, best)], cfg)
+    assert sel.best.name == "env-2" and sel.runner_up.name == "env-1"
+    found = sel.paired["env-1"]
+    assert found["n"] == 100 and found["diff"] == pytest.approx(float(np.mean(best - runner)))
+    assert 0 < found["ci"][0] < found["diff"] < found["ci"][1]
+    assert sel.distinguishable is True and sel.criterion == sweep.select.__globals__["PAIRED_CRITERION"]
+    # the same numbers without per-pair values: the marginal intervals overlap
+    marginal = sweep.select([trial(1, runner, False), trial(2, best, False)], cfg)
+    assert marginal.distinguishable is False and "do not overlap" in marginal.criterion
+    # no real difference: the paired interval covers 0
+    ids, best, runner = _paired_trials(shift_runner=0.0)
+    tied = sweep.select([trial(1, runner), trial(2, best)], cfg)
+    low, high = tied.paired[tied.runner_up.name]["ci"]
+    assert low < 0 < high and tied.distinguishable is False
+    # minimize: the best is the lower one, distinguishable when best - runner-up is below 0
+    ids, best, runner = _paired_trials(shift_runner=0.05)
+    low_sel = sweep.select([trial(1, runner), trial(2, best)], _cfg(metric="prefeval.mean_margin", direction="minimize"))
+    assert low_sel.best.name == "env-1" and low_sel.paired["env-2"]["ci"][1] < 0 and low_sel.distinguishable is True
+    # seeded: the same interval again
+    assert sweep.select([trial(1, runner), trial(2, best)], cfg).paired == sel.paired
+    # the per-pair values are the report's metric: their mean is the held-out mean
+    records = [{"prompt_id": "a", "margin": 0.5, "chosen_logratio": 0.3, "rejected_logratio": -0.2,
+                "policy_chosen_logp": -10.0, "policy_rejected_logp": -12.0},
+               {"prompt_id": "b", "margin": 0.0, "chosen_logratio": 0.0, "rejected_logratio": 0.0,
+                "policy_chosen_logp": -9.0, "policy_rejected_logp": -8.0}]
+    assert paired.values(records, "prefeval.accuracy") == {"a": 1.0, "b": 0.5}
+    assert paired.values(records, "prefeval.likelihood_accuracy") == {"a": 1.0, "b": 0.0}
+    assert paired.values(records, "alpaca_eval.win_rate") is None
+
+
+def test_read_trials_reads_each_experiments_per_pair_file_and_the_report_states_the_test(tmp_path):
+    cfg = _cfg(metric="prefeval.accuracy")
+    show = _show(_exp("env-1", 0.1, _pe(0.55, [0.45, 0.65])), _exp("env-2", 0.3, _pe(0.60, [0.5, 0.7])))
+    asked = []
+
+    def read_pairs(rev, path):
+        asked.append(path)
+        win = 1 if rev == show[1]["experiments"][1]["revs"][0]["rev"] else 0
+        return [{"prompt_id": f"p{i}", "margin": (win if i % 4 else 1) - 0.5} for i in range(40)]
+
+    trials = sweep.read_trials(show, cfg, None, read_pairs)
+    assert asked == ["data/eval/smollm2/sp2dpo/prefeval.jsonl"] * 2
+    assert trials[1].pairs["p1"] == 1.0 and trials[0].pairs["p1"] == 0.0 and trials[0].pairs["p0"] == 1.0
+    sel = sweep.select(trials, cfg)
+    sweep.write_report(sel, tmp_path)
+    md = (tmp_path / "selection.md").read_text()
+    assert "paired over the 40 held-out pairs both scored: best - runner-up = 0.7500" in md
+    assert "| `env-1` | `0.1` | sp2dpo | 0.5500 | [0.4500, 0.6500] | 0.7500 [" in md
+    saved = json.loads((tmp_path / "selection.json").read_text())
+    assert saved["paired_vs_best"]["env-1"]["n"] == 40 and saved["distinguishable"] is True
+    assert "paired per-pair difference" in saved["criterion"]

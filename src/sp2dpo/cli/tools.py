@@ -151,7 +151,8 @@ def _select(cfg: config.SweepConfig, args: argparse.Namespace) -> int:
                           capture_output=True, text=True, timeout=600)
     if show.returncode != 0:
         raise sweep.SweepError(f"sweep: `dvc exp show --json` failed: {show.stderr.strip()[-500:]}")
-    trials = sweep.read_trials(_json.loads(show.stdout or "[]"), cfg, sweep.git_reader())
+    trials = sweep.read_trials(_json.loads(show.stdout or "[]"), cfg, sweep.git_reader(),
+                                sweep.dvc_reader())
     selection = sweep.select(trials, cfg)
     out = Path(args.out) if args.out else Path("reports/sweep") / cfg.name
     written = sweep.write_report(selection, out)

@@ -6,9 +6,11 @@ key in its own ``params.yaml`` (what DVC ran, profile included), and its score t
 metric of ``methods.<method>`` in its ``reports/eval/<student>.json`` (read whole from the
 experiment's commit: ``dvc exp show`` drops list values) with the 95% interval the report gives
 (``<metric>_ci``). lambda* is the best score in ``sweep.direction``; ties go to the
-earlier experiment of the grid. The best is called *distinguishable* from the runner-up when
-their 95% intervals do not overlap: a conservative reading (two overlapping intervals can still
-differ), stated in the report.
+earlier experiment of the grid. The best is called *distinguishable* from the runner-up when the
+95% interval of their per-pair difference excludes 0: every experiment scores the same held-out
+pairs, so a seeded paired bootstrap of the difference (:mod:`sp2dpo.sweep.paired`) is the test.
+Where an experiment has no per-pair file (a metric of another suite), the conservative marginal
+reading is used instead (their two 95% intervals do not overlap) and the report says so.
 
 The report (``reports/sweep/<name>/``): ``selection.json``, ``selection.md`` (every setting side by
 side with its interval) and one plot per swept variable (``<key>.png``: the metric against the
@@ -28,7 +30,13 @@ from typing import Any
 
 from sp2dpo.core import artifacts
 from sp2dpo.core.config import SweepConfig
+from sp2dpo.sweep import paired
 from sp2dpo.sweep.queue import SweepError
+
+#: The two criteria of "distinguishable", as the report states them.
+PAIRED_CRITERION = ("the 95% interval of the paired per-pair difference (best - runner-up, seeded "
+                    "bootstrap over the shared held-out pairs) excludes 0")
+MARGINAL_CRITERION = "best and runner-up 95% intervals do not overlap (no per-pair data)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +53,8 @@ class Trial:
     value: float | None = None
     ci: tuple[float, float] | None = None
     problem: str | None = None  #: why it has no score
+    #: per-pair values of the metric by prompt_id (:mod:`sp2dpo.sweep.paired`), when available
+    pairs: dict[str, float] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +76,9 @@ class Selection:
     best: Trial | None
     runner_up: Trial | None
     distinguishable: bool | None
+    criterion: str = MARGINAL_CRITERION
+    #: experiment name -> the paired difference best - that experiment (:func:`paired.paired_interval`)
+    paired: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,7 +86,8 @@ class Selection:
             "metric": self.metric,
             "direction": self.direction,
             "variables": self.variables,
-            "criterion": "best and runner-up 95% intervals do not overlap",
+            "criterion": self.criterion,
+            "paired_vs_best": self.paired,
             "best": self.best.to_json() if self.best else None,
             "lambda_star": self.best.setting if self.best else None,
             "runner_up": self.runner_up.to_json() if self.runner_up else None,
@@ -160,13 +174,15 @@ def _score(cfg: SweepConfig, params: Mapping[str, Any], metrics: Mapping[str, An
 
 
 def read_trials(
-    show: Sequence[Mapping[str, Any]], cfg: SweepConfig, read_file: FileReader | None = None
+    show: Sequence[Mapping[str, Any]], cfg: SweepConfig, read_file: FileReader | None = None,
+    read_pairs: paired.PairReader | None = None,
 ) -> list[Trial]:
     """The sweep's experiments in ``dvc exp show --json`` output, in grid order.
 
     ``read_file`` (e.g. :func:`git_reader`) reads each experiment's eval report whole from its
     commit; without it (or where it finds nothing) the numbers ``dvc exp show`` lists are used,
-    which hold no intervals.
+    which hold no intervals. ``read_pairs`` (e.g. :func:`paired.dvc_reader`) reads each scored
+    experiment's per-pair held-out records, for the paired test.
 
     Raises:
         SweepError: when ``show`` holds none of them.
@@ -196,10 +212,15 @@ def read_trials(
                 scored = (_score(cfg, params, data.get("metrics"), str(rev.get("rev") or ""), read_file)
                           if problem is None else (None,) * 4 + (problem,))
                 student, method, value, ci, problem = scored
+                commit = str(rev.get("rev") or "")
+                pairs = None
+                if read_pairs is not None and value is not None and student and method and commit:
+                    records = read_pairs(commit, paired.per_pair_path(student, method))
+                    pairs = paired.values(records, cfg.metric) if records else None
                 trials.append(Trial(
-                    name=str(rev["name"]), rev=str(rev.get("rev") or ""), index=int(match.group(1)),
+                    name=str(rev["name"]), rev=commit, index=int(match.group(1)),
                     state=state, setting=setting, student=student, method=method, value=value,
-                    ci=ci, problem=problem,
+                    ci=ci, problem=problem, pairs=pairs,
                 ))
     if not trials:
         raise SweepError(
@@ -210,13 +231,26 @@ def read_trials(
 
 
 def select(trials: Sequence[Trial], cfg: SweepConfig) -> Selection:
-    """lambda*: the best scored trial in ``cfg.direction`` (ties: earlier in the grid)."""
+    """lambda*: the best scored trial in ``cfg.direction`` (ties: earlier in the grid), with the
+    paired difference to every other scored trial that has per-pair values, and whether the best
+    is distinguishable from the runner-up (module docstring)."""
     sign = 1.0 if cfg.direction == "maximize" else -1.0
     ranked = sorted((t for t in trials if t.value is not None), key=lambda t: (-sign * t.value, t.index))
     best = ranked[0] if ranked else None
     runner = ranked[1] if len(ranked) > 1 else None
+    compared: dict[str, dict[str, Any]] = {}
+    if best is not None and best.pairs:
+        for t in ranked[1:]:
+            found = paired.paired_interval(best.pairs, t.pairs) if t.pairs else None
+            if found is not None:
+                compared[t.name] = found
     distinguishable = None
-    if best is not None and runner is not None and best.ci and runner.ci:
+    criterion = MARGINAL_CRITERION
+    if runner is not None and runner.name in compared:
+        low, high = compared[runner.name]["ci"]
+        distinguishable = low > 0 if cfg.direction == "maximize" else high < 0
+        criterion = PAIRED_CRITERION
+    elif best is not None and runner is not None and best.ci and runner.ci:
         if cfg.direction == "maximize":
             distinguishable = best.ci[0] > runner.ci[1]
         else:
@@ -224,6 +258,7 @@ def select(trials: Sequence[Trial], cfg: SweepConfig) -> Selection:
     return Selection(
         sweep=cfg.name, metric=cfg.metric, direction=cfg.direction, variables=list(cfg.variables),
         trials=list(trials), best=best, runner_up=runner, distinguishable=distinguishable,
+        criterion=criterion, paired=compared,
     )
 
 
@@ -248,20 +283,31 @@ def markdown(sel: Selection) -> str:
                   f"{sel.metric} = {_fmt(sel.best.value, sel.best.ci)}.", ""]
         if sel.runner_up is not None:
             verdict = {True: "distinguishable", False: "not distinguishable", None: "unknown (no intervals)"}
+            found = sel.paired.get(sel.runner_up.name)
+            if found is not None:
+                why = (f"paired over the {found['n']} held-out pairs both scored: best - runner-up = "
+                       f"{found['diff']:.4f} [{found['ci'][0]:.4f}, {found['ci'][1]:.4f}] "
+                       f"({found['rounds']} bootstrap rounds, seed {found['seed']}); distinguishable "
+                       "when that interval excludes 0; not distinguishable does not prove equality")
+            else:
+                why = ("no per-pair data, so the marginal criterion: their 95% intervals do not "
+                       "overlap; overlapping intervals do not prove equality")
             lines += [
                 f"Runner-up `{sel.runner_up.name}`: {_fmt(sel.runner_up.value, sel.runner_up.ci)}. "
-                f"Best vs runner-up: **{verdict[sel.distinguishable]}** (criterion: their 95% "
-                "intervals do not overlap; overlapping intervals do not prove equality).",
+                f"Best vs runner-up: **{verdict[sel.distinguishable]}** ({why}).",
                 "",
             ]
-    header = ["experiment", *[f"`{k}`" for k in sel.variables], "method", sel.metric, "95% CI", "note"]
+    header = ["experiment", *[f"`{k}`" for k in sel.variables], "method", sel.metric, "95% CI",
+              "best - this, paired [95% CI]", "note"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for t in sel.trials:
         mark = " (lambda*)" if sel.best is not None and t.name == sel.best.name else ""
         ci = f"[{t.ci[0]:.4f}, {t.ci[1]:.4f}]" if t.ci else "-"
         value = f"{t.value:.4f}" if t.value is not None else "-"
+        found = sel.paired.get(t.name)
+        diff = f"{found['diff']:.4f} [{found['ci'][0]:.4f}, {found['ci'][1]:.4f}]" if found else "-"
         cells = [f"`{t.name}`{mark}", *[f"`{_show(t.setting.get(k))}`" for k in sel.variables],
-                 t.method or "-", value, ci, t.problem or ""]
+                 t.method or "-", value, ci, diff, t.problem or ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Apply lambda* to the workspace: `sp2dpo sweep select --apply` "
               "(runs `dvc exp apply` on the best experiment).", ""]

@@ -76,6 +76,7 @@ def log_sweep(sel: Selection, *, root: str | Path = ".", report: str | Path | No
         "lambda_star": json.dumps(sel.best.setting if sel.best else None, sort_keys=True),
         "best_experiment": best,
         "distinguishable": str(sel.distinguishable).lower(),
+        "criterion": sel.criterion,
     }
     with tracking.store_lock(uri):
         experiment_id = tracking.ensure_experiment(SWEEP_EXPERIMENT, root)
@@ -105,10 +106,15 @@ def log_sweep(sel: Selection, *, root: str | Path = ".", report: str | Path | No
             if trial.ci is not None:
                 metrics += [Metric(f"{sel.metric}_ci_low", trial.ci[0], now, 0),
                             Metric(f"{sel.metric}_ci_high", trial.ci[1], now, 0)]
+            versus = sel.paired.get(trial.name)
+            if versus is not None:  # the paired difference best - this experiment
+                metrics += [Metric(f"best_minus_this/{sel.metric}", versus["diff"], now, 0),
+                            Metric(f"best_minus_this/{sel.metric}_ci_low", versus["ci"][0], now, 0),
+                            Metric(f"best_minus_this/{sel.metric}_ci_high", versus["ci"][1], now, 0)]
             if found is not None:
                 run_id = found.info.run_id
-                missing = [m for m in metrics if m.key not in found.data.metrics]
-                if missing:  # e.g. a metric selected by another sweep.metric
+                missing = [m for m in metrics if found.data.metrics.get(m.key) != m.value]
+                if missing:  # a metric selected by another sweep.metric, or a new lambda*
                     client.log_batch(run_id, metrics=missing)
             else:
                 run_id = client.create_run(experiment_id, run_name=trial.name, tags={

@@ -24,6 +24,7 @@ import torch
 
 from sp2dpo.core.config import build_loss_args
 from sp2dpo.core.config.losses import LOSS_SPECS
+from sp2dpo.core.errors import ConfigError
 from sp2dpo.train import losses
 from sp2dpo.train.losses import LossContext, LossOutput, PairBatch
 
@@ -228,15 +229,77 @@ def test_dpo_pop_margin_is_detached() -> None:
 # -- running statistics (EMA from 0, decay 0.9, updated before use) ------------------------------
 
 
-def test_bco_pair_running_delta_over_two_steps() -> None:
+def _bco_rewards(batch: PairBatch) -> list[float]:
+    """Every reward of the batch, beta_i rho(y_w) then beta_i rho(y_l)."""
+    ps = pairs(batch)
+    return [p.b * p.rw for p in ps] + [p.b * p.rl for p in ps]
+
+
+def _bco_want(batch: PairBatch, delta: float) -> list[float]:
+    return [nls(p.b * p.rw - delta) + nls(-(p.b * p.rl - delta)) for p in pairs(batch)]
+
+
+#: Two steps of different sizes (6 then 3 pairs): the mean of the two batch means differs from
+#: the mean of all their rewards.
+BCO_STEPS = (make_batch(5), make_batch(7, lens_w=LENS_W[:3], lens_l=LENS_L[:3]))
+
+
+def test_bco_pair_default_delta_is_trls_running_mean() -> None:
+    """The default `delta: running` is TRL <= 0.28's `bco_pair`: its RunningMoments is fed one
+    value per step, the batch's mean reward, so the first shift is that mean (not 0.1 x it, as an
+    EMA from 0 gives) and the second the plain mean of the two steps' means, whatever their sizes."""
+    ctx = LossContext()
+    m1, m2 = (statistics.fmean(_bco_rewards(b)) for b in BCO_STEPS)
+    pooled = statistics.fmean(_bco_rewards(BCO_STEPS[0]) + _bco_rewards(BCO_STEPS[1]))
+    assert abs(pooled - (m1 + m2) / 2) > 0.05, "the two batches must tell the two means apart"
+    for batch, delta in zip(BCO_STEPS, (m1, (m1 + m2) / 2), strict=True):
+        out = run("bco_pair", batch, ctx)
+        check(out.per_pair, _bco_want(batch, delta), f"BCO running: delta = {delta}")
+        check([out.metrics["bco/delta"]], [delta])
+    state = ctx.moments.state_dict()
+    assert state == pytest.approx({"bco_delta/count": 2.0, "bco_delta/mean": (m1 + m2) / 2})
+
+
+def test_bco_pair_pooled_delta_weights_every_reward() -> None:
+    """`delta: pooled`: the mean of every reward seen so far (TRL's BCOTrainer feeds its
+    RunningMoments every reward): first the batch mean, then the mean of both batches' rewards."""
+    ctx = LossContext()
+    seen: list[float] = []
+    for batch in BCO_STEPS:
+        seen += _bco_rewards(batch)
+        delta = statistics.fmean(seen)
+        check(run("bco_pair", batch, ctx, delta="pooled").per_pair, _bco_want(batch, delta),
+              f"BCO pooled: delta = {delta}")
+    assert ctx.moments.state_dict()["bco_delta/count"] == len(seen)
+
+
+def test_bco_pair_ema_delta_over_two_steps() -> None:
+    """`delta: ema` (ours): an EMA from 0 of the batch's mean reward, decay `ema`."""
     ctx, delta = LossContext(), 0.0
-    for seed in (1, 2):
-        batch = make_batch(seed)
-        ps = pairs(batch)
-        rewards = [p.b * p.rw for p in ps] + [p.b * p.rl for p in ps]
-        delta = EMA * delta + (1 - EMA) * statistics.fmean(rewards)
-        want = [nls(p.b * p.rw - delta) + nls(-(p.b * p.rl - delta)) for p in ps]
-        check(run("bco_pair", batch, ctx).per_pair, want, f"BCO step {seed}: delta = {delta}")
+    for batch in BCO_STEPS:
+        delta = EMA * delta + (1 - EMA) * statistics.fmean(_bco_rewards(batch))
+        check(run("bco_pair", batch, ctx, delta="ema").per_pair, _bco_want(batch, delta),
+              f"BCO ema: delta = {delta}")
+
+
+@pytest.mark.parametrize("mode", ["running", "pooled", "ema"])
+def test_bco_pair_delta_reads_the_gathered_batch(mode: str) -> None:
+    """The shift is computed over every process's rewards (here a second process whose rewards
+    are this one's plus 1), the same on every process."""
+    batch = BCO_STEPS[0]
+    ctx = LossContext(gather=lambda t: torch.cat([t, t + 1.0]), num_processes=2)
+    mean = statistics.fmean(_bco_rewards(batch)) + 0.5
+    delta = (1 - EMA) * mean if mode == "ema" else mean
+    check(run("bco_pair", batch, ctx, delta=mode).per_pair, _bco_want(batch, delta))
+
+
+def test_bco_pair_ema_decay_needs_delta_ema() -> None:
+    assert build_loss_args("bco_pair", {}, "m").delta == "running"
+    assert build_loss_args("bco_pair", {"delta": "ema", "ema": 0.5}, "m").ema == 0.5
+    with pytest.raises(ConfigError, match="ema"):
+        build_loss_args("bco_pair", {"ema": 0.5}, "m")
+    with pytest.raises(ConfigError, match="pooled"):
+        build_loss_args("bco_pair", {"delta": "emma"}, "m")
 
 
 def test_alpha_dpo_running_margin_over_two_steps() -> None:
@@ -348,6 +411,147 @@ def test_sgdpo_subsequence_sizes(r1: float, r2: float, contiguous: bool, pilot: 
           f"arithmetic (r1={r1}, r2={r2}, |y_w|={lw}, |y_l|={ll})")
 
 
+def ramp_batch(lens_w: tuple[int, ...], lens_l: tuple[int, ...]) -> PairBatch:
+    """make_batch's pairs with distinct per-token log-ratios within each row: token p of row i has
+    0.02 (p + 1) + 0.003 i on the chosen reply and -(0.015 (p + 1) + 0.002 i) on the rejected one,
+    so the sum over a sub-sequence depends on which tokens it took."""
+    batch = make_batch(11, lens_w=lens_w, lens_l=lens_l)
+    pos = torch.arange(batch.chosen_tokens.shape[1], dtype=F64)[None] + 1
+    row = torch.arange(len(lens_w), dtype=F64)[:, None]
+    cw = batch.ref_chosen_tokens + (0.02 * pos + 0.003 * row) * batch.chosen_mask
+    rl = batch.ref_rejected_tokens - (0.015 * pos + 0.002 * row) * batch.rejected_mask
+    return dataclasses.replace(batch, chosen_tokens=cw, rejected_tokens=rl,
+                               policy_chosen=cw.sum(1), policy_rejected=rl.sum(1))
+
+
+class Draw(NamedTuple):
+    """One SGDPO call: its per-pair loss, the two sub-sequences and the per-token gradients."""
+
+    per_pair: torch.Tensor
+    sel_w: torch.Tensor  # (B, T) bool: the chosen reply's sub-sequence
+    sel_l: torch.Tensor
+    grad_w: torch.Tensor  # d sum(loss) / d chosen per-token policy log-probs
+    grad_l: torch.Tensor
+
+
+def sgdpo_draw(batch: PairBatch, ctx: LossContext | None = None, **knobs: Any) -> Draw:
+    """Run SGDPO with gradients on the per-token policy log-probs. A chosen token's gradient gets the
+    second pilot term's share only when the chosen sub-sequence took it (lower), a rejected token's
+    the first term's share only when the rejected one took it (higher), so the gradient shows which
+    tokens each sub-sequence took (with ``detach_pilot`` off and some token left out in every row)."""
+    cw = batch.chosen_tokens.clone().requires_grad_(True)
+    rl = batch.rejected_tokens.clone().requires_grad_(True)
+    out = run("sgdpo", dataclasses.replace(batch, chosen_tokens=cw, rejected_tokens=rl), ctx, **knobs)
+    out.per_pair.sum().backward()
+    assert cw.grad is not None and rl.grad is not None
+    mw, ml = batch.chosen_mask, batch.rejected_mask
+    top_w = cw.grad.masked_fill(~mw, -math.inf).amax(1, keepdim=True)
+    low_l = rl.grad.masked_fill(~ml, math.inf).amin(1, keepdim=True)
+    return Draw(out.per_pair.detach(), mw & (cw.grad < top_w - 1e-6), ml & (rl.grad > low_l + 1e-6),
+                cw.grad, rl.grad)
+
+
+def _ratios(batch: PairBatch) -> tuple[list[list[float]], list[list[float]]]:
+    """Per-token log-ratios of each row's chosen and rejected completion tokens."""
+    def side(pol: torch.Tensor, ref: torch.Tensor, lens: torch.Tensor) -> list[list[float]]:
+        return [(pol[i, :n] - ref[i, :n]).tolist() for i, n in enumerate(lens.tolist())]
+    return (side(batch.chosen_tokens, batch.ref_chosen_tokens, batch.chosen_lengths),
+            side(batch.rejected_tokens, batch.ref_rejected_tokens, batch.rejected_lengths))
+
+
+def _positions(sel: torch.Tensor) -> list[list[int]]:
+    return [torch.nonzero(row).flatten().tolist() for row in sel]
+
+
+def _pilot_loss(batch: PairBatch, sel_w: torch.Tensor, sel_l: torch.Tensor) -> list[float]:
+    """The pilot loss summed in Python over the given sub-sequences."""
+    out = []
+    for p, tw, tl, sw, sl in zip(pairs(batch), *_ratios(batch), _positions(sel_w), _positions(sel_l),
+                                 strict=True):
+        sub_w, sub_l = sum(tw[t] for t in sw), sum(tl[t] for t in sl)
+        out.append(nls(p.b * (sum(tw) - sub_l)) + nls(p.b * (sub_w - sum(tl))))
+    return out
+
+
+def _span_start(positions: list[int]) -> int:
+    assert positions == list(range(positions[0], positions[0] + len(positions))), positions
+    return positions[0]
+
+
+def _same_fraction(sw: int, mw: int, sl: int, ml: int) -> bool:
+    """Some u in [0, 1) has floor(u (mw + 1)) = sw and floor(u (ml + 1)) = sl (exact arithmetic)."""
+    lo = max(Fraction(sw, mw + 1), Fraction(sl, ml + 1))
+    return lo < min(Fraction(sw + 1, mw + 1), Fraction(sl + 1, ml + 1))
+
+
+def _nested(sw: list[int], sl: list[int], n: int) -> bool:
+    """On the positions both replies have (< n), one sub-sequence holds the other."""
+    a, b = {t for t in sw if t < n}, {t for t in sl if t < n}
+    return a <= b or b <= a
+
+
+@pytest.mark.parametrize("contiguous", [False, True], ids=["scattered", "contiguous"])
+def test_sgdpo_pilot_s_takes_the_same_relative_positions(contiguous: bool) -> None:
+    """Pilot_s draws the two replies' sub-sequences at the same relative positions, Pilot_d
+    independently. Replies of equal lengths with r1 = r2: pilot s takes the same tokens of both,
+    every step; distinct per-token log-ratios and the per-token gradient show which (equal
+    log-ratios, as in the size test above, only count them)."""
+    lens = (7, 12, 5, 20, 9, 15)
+    batch = ramp_batch(lens, lens)
+    ctx_s, ctx_d = LossContext(), LossContext()
+    for step in range(3):
+        s = sgdpo_draw(batch, ctx_s, r1=0.6, r2=0.6, pilot="s", contiguous=contiguous)
+        d = sgdpo_draw(batch, ctx_d, r1=0.6, r2=0.6, pilot="d", contiguous=contiguous)
+        for draw in (s, d):
+            for sel in (draw.sel_w, draw.sel_l):
+                assert sel.sum(1).tolist() == [_subseq(0.6, n) for n in lens]
+                if contiguous:
+                    [_span_start(pos) for pos in _positions(sel)]
+            check(draw.per_pair, _pilot_loss(batch, draw.sel_w, draw.sel_l),
+                  "the loss sums the log-ratios of exactly the tokens the gradient shows")
+        assert _positions(s.sel_w) == _positions(s.sel_l), f"pilot s, step {step}: same tokens"
+        assert _positions(d.sel_w) != _positions(d.sel_l), f"pilot d, step {step}: independent draws"
+
+
+@pytest.mark.parametrize("contiguous", [False, True], ids=["scattered", "contiguous"])
+def test_sgdpo_pilot_s_with_unequal_lengths(contiguous: bool) -> None:
+    """Replies of different lengths: scattered pilot s ranks the positions by one set of keys, so on
+    the positions both replies have one sub-sequence holds the other; contiguous pilot s starts
+    both spans at the same fraction u of each reply's free range, start = floor(u (|y| - k + 1)).
+    Pilot d breaks both in some row."""
+    batch = ramp_batch(LENS_W, LENS_L)
+    r1, r2 = 0.6, 0.65  # every row leaves a token out, so the gradient shows the sub-sequences
+    for pilot in ("s", "d"):
+        ctx, held = LossContext(), []
+        for _ in range(3):
+            draw = sgdpo_draw(batch, ctx, r1=r1, r2=r2, pilot=pilot, contiguous=contiguous)
+            for nw, nl, sw, sl in zip(LENS_W, LENS_L, _positions(draw.sel_w), _positions(draw.sel_l),
+                                      strict=True):
+                assert (len(sw), len(sl)) == (_subseq(r1, nw), _subseq(r2, nl))
+                if contiguous:
+                    start_w, start_l = _span_start(sw), _span_start(sl)
+                    held.append(_same_fraction(start_w, nw - len(sw), start_l, nl - len(sl)))
+                else:
+                    held.append(_nested(sw, sl, min(nw, nl)))
+            check(draw.per_pair, _pilot_loss(batch, draw.sel_w, draw.sel_l))
+        if pilot == "s":
+            assert all(held), f"pilot s must keep the relative positions: {held}"
+        else:
+            assert not all(held), "pilot d draws the two replies independently"
+
+
+def test_sample_tokens_contiguous_spans_follow_shared_keys() -> None:
+    """Two masks drawn with the same keys put their spans at the same place (the issue: one call
+    took positions 10..14, the other 14..18); without keys every call draws its own start."""
+    mask, counts = torch.ones(8, 20, dtype=torch.bool), torch.full((8,), 5)
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.rand(8, 20, generator=gen)
+    first = losses.sample_tokens(mask, counts, gen, contiguous=True, keys=keys)
+    assert torch.equal(first, losses.sample_tokens(mask, counts, gen, contiguous=True, keys=keys))
+    assert not torch.equal(losses.sample_tokens(mask, counts, gen, contiguous=True),
+                           losses.sample_tokens(mask, counts, gen, contiguous=True))
+
+
 def test_sgdpo_add_is_dpo_plus_weighted_pilot() -> None:
     batch = make_batch(4, unit=(1.0, 1.0))
     want = [nls(p.b * (p.lw - p.ll)) + 0.5 * (nls(p.b * (p.lw - _subseq(0.7, p.ll)))
@@ -417,13 +621,92 @@ def test_sigmoid_gradient_is_minus_beta_sigmoid_minus_beta_delta() -> None:
     check(gl, [-x for x in g])
 
 
-def test_pmo_gradient_wrt_policy_log_probs() -> None:
-    batch = make_batch(8)
-    z = [(0.3 + p.b) * (p.pc - p.pr) - p.b * (p.rc - p.rr) for p in pairs(batch)]
-    g = [-(0.3 + p.b) * sig(-zi) for p, zi in zip(pairs(batch), z, strict=True)]
-    gw, gl = _grads("pmo", batch, alpha=0.3)
-    check(gw, g, "d PMO / d S_theta(y_w) = -(alpha + beta_i) sigmoid(-z)")
-    check(gl, [-x for x in g])
+@pytest.mark.parametrize("alpha", [0.3, 0.9])
+def test_pmo_gradient_matches_the_papers_objective(alpha: float) -> None:
+    """PMO's objective (its eq. 5) is -log s(z) with z = (a + b) log(pi(y_w) / pi_ref(y_w)^(b/(a+b)))
+    - (a + b) log(pi(y_l) / pi_ref(y_l)^(b/(a+b))) = (a + b)(S_w - S_l) - b (R_w - R_l). The paper
+    states no gradient; by hand: dL/dS_w = -(a + b) s(-z) = -dL/dS_l, dL/dR_w = b s(-z) = -dL/dR_l
+    (the reference's exponent b / (a + b)) and dL/db_i = -s(-z) Delta. Autograd of the `pmo` loss
+    must give these, and the paper's relation to DPO must hold: PMO(a, b) is DPO with beta a + b on
+    the reference log-probs scaled by b / (a + b), in value and in gradient."""
+    batch = make_batch(8)  # summed log-probs scaled by 0.1: logits away from saturation
+    batch = dataclasses.replace(batch, **{f: getattr(batch, f) * 0.1 for f in (
+        "policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")})
+    leaves = {f: getattr(batch, f).clone().requires_grad_(True)
+              for f in ("beta", "policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")}
+    out = run("pmo", dataclasses.replace(batch, **leaves), alpha=alpha)
+    out.per_pair.sum().backward()
+    ps = pairs(batch)
+    z = [(alpha + p.b) * (p.pc - p.pr) - p.b * (p.rc - p.rr) for p in ps]
+    s_neg = [sig(-zi) for zi in z]
+    check(out.per_pair, [nls(zi) for zi in z])
+    g = {f: leaf.grad for f, leaf in leaves.items()}
+    check(g["policy_chosen"], [-(alpha + p.b) * s for p, s in zip(ps, s_neg, strict=True)], "dL/dS_w")
+    check(g["policy_rejected"], [(alpha + p.b) * s for p, s in zip(ps, s_neg, strict=True)], "dL/dS_l")
+    check(g["ref_chosen"], [p.b * s for p, s in zip(ps, s_neg, strict=True)], "dL/dR_w")
+    check(g["ref_rejected"], [-p.b * s for p, s in zip(ps, s_neg, strict=True)], "dL/dR_l")
+    check(g["beta"], [-s * p.d for p, s in zip(ps, s_neg, strict=True)], "dL/dbeta_i")
+    assert min(s_neg) > 0.01 and any(zi < 0 for zi in z) and any(zi > 0 for zi in z)
+
+    scale = batch.beta / (alpha + batch.beta)
+    pc = batch.policy_chosen.clone().requires_grad_(True)
+    pr = batch.policy_rejected.clone().requires_grad_(True)
+    dpo_batch = dataclasses.replace(
+        batch, beta=alpha + batch.beta, policy_chosen=pc, policy_rejected=pr,
+        ref_chosen=batch.ref_chosen * scale, ref_rejected=batch.ref_rejected * scale,
+    )
+    dpo_out = run("sigmoid", dpo_batch)
+    dpo_out.per_pair.sum().backward()
+    check(out.per_pair, dpo_out.per_pair.tolist(), "PMO = DPO(a + b) on pi_ref^(b/(a+b))")
+    check(g["policy_chosen"], pc.grad.tolist())
+    check(g["policy_rejected"], pr.grad.tolist())
+
+
+SGDPO_MODES = [
+    pytest.param(pilot, contiguous, id=f"pilot_{pilot}-{'contiguous' if contiguous else 'scattered'}")
+    for pilot in ("d", "s") for contiguous in (False, True)
+]
+
+
+@pytest.mark.parametrize("detach", [False, True], ids=["", "detach_pilot"])
+@pytest.mark.parametrize(("pilot", "contiguous"), SGDPO_MODES)
+def test_sgdpo_gradient_matches_theorem_1(pilot: str, contiguous: bool, detach: bool) -> None:
+    """SGDPO's Theorem 1 gives the partial derivatives of its loss w.r.t. the likelihood ratios of
+    the chosen and rejected replies; the formulas did not survive in the text we have, so they are
+    derived here for our reconstruction. With x1, x2 the ratios pi_theta / pi_ref of the whole
+    replies and u1, u2 those of their sub-sequences (x = exp(sum of its tokens' log-ratios)):
+
+        L = log(1 + (u2 / x1)^b) + log(1 + (x2 / u1)^b)
+        dL/dx1 = -b u2^b / (x1 (x1^b + u2^b))     dL/du1 = -b x2^b / (u1 (u1^b + x2^b))
+        dL/dx2 = b x2^(b-1) / (u1^b + x2^b)        dL/du2 = b u2^(b-1) / (x1^b + u2^b)
+
+    By the chain rule a chosen token's gradient is x1 dL/dx1, plus u1 dL/du1 when the chosen
+    sub-sequence took it; a rejected token's x2 dL/dx2, plus u2 dL/du2 when the rejected one took
+    it; `detach_pilot` drops the u terms. Compared with autograd of the `sgdpo` loss on random
+    distinct per-token log-ratios, computed here in Python from the ratios themselves."""
+    batch = make_batch(12)
+    knobs: dict[str, Any] = {"r1": 0.6, "r2": 0.65, "pilot": pilot, "contiguous": contiguous}
+    sel = sgdpo_draw(batch, **knobs)  # a fresh context draws the same sub-sequences every call
+    draw = sgdpo_draw(batch, detach_pilot=detach, **knobs)
+    for s, lens, r in ((sel.sel_w, LENS_W, 0.6), (sel.sel_l, LENS_L, 0.65)):
+        assert s.sum(1).tolist() == [_subseq(r, n) for n in lens]
+    want_w, want_l = torch.zeros_like(draw.grad_w), torch.zeros_like(draw.grad_l)
+    for i, (p, tw, tl, sw, sl) in enumerate(zip(pairs(batch), *_ratios(batch), _positions(sel.sel_w),
+                                                _positions(sel.sel_l), strict=True)):
+        b = p.b
+        x1, x2 = math.exp(sum(tw)), math.exp(sum(tl))
+        u1, u2 = math.exp(sum(tw[t] for t in sw)), math.exp(sum(tl[t] for t in sl))
+        d_x1 = -b * u2**b / (x1 * (x1**b + u2**b))
+        d_u1 = -b * x2**b / (u1 * (u1**b + x2**b))
+        d_x2 = b * x2 ** (b - 1) / (u1**b + x2**b)
+        d_u2 = b * u2 ** (b - 1) / (x1**b + u2**b)
+        want_w[i, :len(tw)], want_l[i, :len(tl)] = x1 * d_x1, x2 * d_x2
+        if not detach:
+            want_w[i, sw] += u1 * d_u1
+            want_l[i, sl] += u2 * d_u2
+    check(draw.per_pair, _pilot_loss(batch, sel.sel_w, sel.sel_l))
+    torch.testing.assert_close(draw.grad_w, want_w, rtol=1e-5, atol=1e-6, msg="d L / d chosen tokens")
+    torch.testing.assert_close(draw.grad_l, want_l, rtol=1e-5, atol=1e-6, msg="d L / d rejected tokens")
 
 
 def test_running_statistics_are_detached() -> None:

@@ -100,10 +100,13 @@ def _need(value: Any, name: str) -> Any:
 
 
 class RunningMoments:
-    """Exponential moving averages kept across steps, initialised at 0 as the source codes do.
+    """Running statistics kept across steps (``<name>/mean``, ``<name>/std``, ``<name>/count``).
 
-    ``update(name, values, decay)`` folds the batch's mean (and std) of ``values`` in and returns
-    the new ``(mean, std)``; ``state_dict``/``load_state_dict`` carry them through checkpoints.
+    ``update(name, values, decay)`` folds the batch's mean and std of ``values`` into exponential
+    moving averages initialised at 0, as the source codes do, and returns the new ``(mean, std)``;
+    ``update_mean`` does the same for the mean alone; ``update_average`` keeps a plain running
+    mean over all steps (TRL's ``RunningMoments``). ``state_dict``/``load_state_dict`` carry them
+    through checkpoints.
     """
 
     def __init__(self) -> None:
@@ -127,6 +130,20 @@ class RunningMoments:
         m = decay * self.values.get(f"{name}/mean", 0.0) + (1 - decay) * float(values.detach().float().mean())
         self.values[f"{name}/mean"] = m
         return m
+
+    def update_average(self, name: str, values: torch.Tensor, *, pooled: bool) -> float:
+        """Fold ``values`` into a running mean over every step so far (count 0 at first, so the
+        first step's value is the batch mean) and return it. ``pooled`` counts every value: the
+        mean of all values seen; otherwise each step's mean counts once: the mean of the steps'
+        means, which is what TRL's ``bco_pair`` gets by feeding its ``RunningMoments`` the batch's
+        mean reward."""
+        v = values.detach().double()
+        n = float(v.numel()) if pooled else 1.0
+        count = self.values.get(f"{name}/count", 0.0) + n
+        mean = self.values.get(f"{name}/mean", 0.0)
+        mean += (float(v.mean()) - mean) * n / count
+        self.values[f"{name}/mean"], self.values[f"{name}/count"] = mean, count
+        return mean
 
     def state_dict(self) -> dict[str, float]:
         return dict(sorted(self.values.items()))
@@ -231,15 +248,21 @@ def nca_pair(batch: PairBatch, args: Any, ctx: LossContext) -> LossOutput:
 def bco_pair(batch: PairBatch, args: Any, ctx: LossContext) -> LossOutput:
     """Pairwise BCO: ``-log s(r_w - delta) - log s(-(r_l - delta))``, r = beta_i rho.
 
-    delta is a running mean (decay ``args.ema``) of the gathered batch's mean reward, updated
-    before use and detached; ``delta: none`` gives TRL >= 0.29's ``bco_pair``.
+    delta is a running statistic of the rewards of the gathered batch, updated before use and
+    detached: ``running`` the mean over steps of each step's mean reward (TRL <= 0.28's
+    ``bco_pair``), ``pooled`` the mean of every reward so far (TRL's ``BCOTrainer``), ``ema`` an
+    EMA from 0 (decay ``args.ema``) of the batch's mean reward (ours); ``none`` is delta = 0, TRL
+    >= 0.29's ``bco_pair``.
     """
     b = batch.beta.float()
     rw, rl = b * batch.chosen_logratios, b * batch.rejected_logratios
     delta = 0.0
-    if args.delta == "running":
+    if args.delta != "none":
         rewards = torch.cat([ctx.gather(rw.detach()), ctx.gather(rl.detach())])
-        delta = ctx.moments.update_mean("bco_delta", rewards, args.ema)
+        if args.delta == "ema":
+            delta = ctx.moments.update_mean("bco_delta", rewards, args.ema)
+        else:
+            delta = ctx.moments.update_average("bco_delta", rewards, pooled=args.delta == "pooled")
     return LossOutput(-F.logsigmoid(rw - delta) - F.logsigmoid(-(rl - delta)), metrics={"bco/delta": delta})
 
 
@@ -362,17 +385,21 @@ def sample_tokens(
     """A (B, T) bool mask choosing ``counts[b]`` of row b's completion tokens without replacement.
 
     Scattered subsets take the tokens with the smallest random keys (uniform over subsets);
-    ``contiguous`` takes a span starting at a uniform offset. ``keys`` (B, T), if given, are
-    indexed by position within the completion, so two masks drawn with the same keys pick the
-    same relative positions.
+    ``contiguous`` takes a span starting at floor(u (n - count + 1)), u uniform in [0, 1) (a
+    uniform start). ``keys`` (B, T), if given, are shared draws: scattered subsets index them by
+    position within the completion and contiguous spans take u from each row's first key, so two
+    masks drawn with the same keys pick the same relative positions (the same span when lengths
+    and counts agree, else the same fraction of each reply's free range).
     """
     mask = mask.bool()
     n = mask.sum(dim=1)
     counts = torch.minimum(counts.to(n.device).long(), n)
     pos = (mask.cumsum(dim=1) - 1).clamp(min=0)  # position within the completion
     if contiguous:
-        u = torch.rand(mask.shape[0], generator=generator).to(mask.device)
-        start = torch.floor(u * (n - counts + 1).float()).long()
+        u = torch.rand(mask.shape[0], generator=generator) if keys is None else keys[:, 0]
+        free = n - counts
+        start = torch.floor(u.to(mask.device).double() * (free + 1).double()).long()
+        start = torch.minimum(start, free)  # u just under 1 must not round past the last start
         return mask & (pos >= start[:, None]) & (pos < (start + counts)[:, None])
     if keys is None:
         keys = torch.rand(mask.shape, generator=generator)
@@ -419,8 +446,9 @@ def sgdpo(batch: PairBatch, args: Any, ctx: LossContext) -> LossOutput:
     """SGDPO pilot loss [U: a reconstruction]:
     ``-log s(beta_i [rho(y_w) - rho^(y^_l)]) - log s(beta_i [rho^(y^_w) - rho(y_l)])``,
     rho^ summed over ceil(r |y|) tokens sampled per step (scattered or contiguous; Pilot_d:
-    independent draws, Pilot_s: the same relative positions). ``combine: add`` gives
-    DPO + lambda x pilot. r1 = r2 = 1 gives 2 x DPO.
+    independent draws, Pilot_s: one set of keys for both replies, so the same relative positions,
+    see :func:`sample_tokens`). ``combine: add`` gives DPO + lambda x pilot. r1 = r2 = 1 gives
+    2 x DPO.
     """
     cw_p, rl_p, cw_r, rl_r, mw, ml = _token_ratios(batch)
     nw, nl = mw.sum(1), ml.sum(1)

@@ -55,19 +55,26 @@ class EpsilonArgs:
         _check_range("epsilon", self.epsilon, 0.0, 0.5, hi_open=True)
 
 
+#: BCO's EMA decay when ``delta: ema``; another value with another ``delta`` is refused.
+_BCO_EMA = 0.9
+
+
 @dataclasses.dataclass(frozen=True)
 class BcoArgs:
-    """Pairwise BCO: rewards shifted by a running mean delta."""
+    """Pairwise BCO: rewards shifted by a running statistic delta of the rewards."""
 
-    delta: Literal["running", "none"] = field(
+    delta: Literal["running", "pooled", "ema", "none"] = field(
         "running",
-        "running: delta = running mean of the batch's mean reward (BCO paper); none: delta = 0 "
-        "(TRL >= 0.29's `bco_pair`).",
+        "running: delta = mean over the steps so far of each step's mean reward (TRL <= 0.28's "
+        "`bco_pair`); pooled: mean of every reward so far (TRL's BCOTrainer); ema: EMA from 0 of "
+        "the batch's mean reward, decay `ema` (ours); none: delta = 0 (TRL >= 0.29's `bco_pair`).",
     )
-    ema: float = field(0.9, "Decay of the running mean (weight of the old value).")
+    ema: float = field(_BCO_EMA, "delta ema only: decay of the moving average (weight of the old one).")
 
     def __post_init__(self) -> None:
         _check_range("ema", self.ema, 0.0, 1.0, hi_open=True)
+        if self.delta != "ema" and self.ema != _BCO_EMA:
+            raise ConfigError(f"ema applies to delta ema only; delta is {self.delta!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -104,6 +104,15 @@ def _dataset_inputs(paths: TrainPaths, beta_sha: str) -> list[tracking.DatasetRe
     return inputs
 
 
+def _params_of(train: TrainConfig) -> dict[str, Any]:
+    """``train`` as params: each method's ``train_args`` with only the keys it sets (as in
+    params.yaml), so methods without overrides add no params."""
+    data = dataclasses.asdict(train)
+    for entry, method in zip(data["methods"], train.methods, strict=True):
+        entry["train_args"] = method.train_args.overrides()
+    return data
+
+
 def run(
     train: TrainConfig,
     beta: BetaConfig,
@@ -131,15 +140,22 @@ def run(
     """
     cfg = train
     student, method = cfg.student(student_name), cfg.method(method_name)
+    train_args = method.train_args.overrides()  # the method's own settings (docs/training.md)
+    if train_args:
+        log.info("method %s overrides %s", method.name, ", ".join(f"{k}={v}" for k, v in train_args.items()))
     envelope = (beta.min, beta.max)
-    dataset, data_info = build_dataset(cfg, method, paths.pairs, paths.beta, envelope)
+    run_seed = cfg.run_args(student, method.name)["seed"]
+    data_cfg = cfg if run_seed == cfg.seed else dataclasses.replace(cfg, seed=run_seed)  # DPO-PoP's tuples
+    dataset, data_info = build_dataset(data_cfg, method, paths.pairs, paths.beta, envelope)
     artifact_sha = artifacts.sha256_file(paths.beta) if Path(paths.beta).exists() else ""
     log.info("train %s-%s on %d pairs; beta %s", student.name, method.name, data_info["n_pairs"], data_info["beta"])
     if logged_params is None:
-        logged_params = flatten({"train": dataclasses.asdict(train), "beta": dataclasses.asdict(beta)})
-    # The run's own method, its loss and every knob of it (defaults filled in) as run params.
+        logged_params = flatten({"train": _params_of(train), "beta": dataclasses.asdict(beta)})
+    # The run's own method, its loss and every knob of it (defaults filled in) as run params, and
+    # each of the method's training overrides as `train_args.<key>`.
     logged_params = {**logged_params, "method.name": method.name, "method.loss": method.loss,
-                     **{f"method.loss_args.{k}": v for k, v in dataclasses.asdict(method.args).items()}}
+                     **{f"method.loss_args.{k}": v for k, v in dataclasses.asdict(method.args).items()},
+                     **{f"train_args.{k}": v for k, v in train_args.items()}}
 
     model, tokenizer = load_student(student, cfg.precision)
     run_dir = _scratch_dir(f"sp2dpo-train-{student.name}-{method.name}-")  # Trainer scratch
@@ -147,9 +163,10 @@ def run(
     args = make_dpo_config(cfg, student, run_dir, method.name)
     resolved = {
         "student": dataclasses.asdict(student),
-        "method": dataclasses.asdict(method),
+        "method": {**dataclasses.asdict(method), "train_args": train_args},
         "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("students", "methods")},
         "beta_envelope": list(envelope),
+        "train_args": train_args,
         "dpo_config": {k: _jsonable(v) for k, v in args.to_dict().items()},
     }
     loss_args = dataclasses.asdict(method.args)
@@ -200,6 +217,8 @@ def run(
             "method": method.name,
             "loss": method.loss,
             "loss_args": loss_args,
+            # only a method with overrides: the default runs' report keeps its bytes
+            **({"train_args": train_args} if train_args else {}),
             "beta_column": method.beta_column or "",
             "beta_artifact_sha256": artifact_sha,
             "global_step": int(result.global_step),

@@ -489,21 +489,27 @@ def make_dpo_config(
     method_name: str = "",
     **overrides: Any,
 ) -> DPOConfig:
-    """The TRL ``DPOConfig`` of one run (beta is per pair; ``args.beta`` stays TRL's default)."""
+    """The TRL ``DPOConfig`` of one run (beta is per pair; ``args.beta`` stays TRL's default).
+
+    Learning rate, warm-up, weight decay, batch shape, epochs and seed are
+    :meth:`TrainConfig.run_args`: the method's ``train_args`` over the student's batch shape and
+    the global keys. ``overrides`` (keyword arguments of ``DPOConfig``) win over everything.
+    """
     bf16 = use_bf16(cfg.precision)
+    run = cfg.run_args(student, method_name)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=student.per_device_train_batch_size,
-        gradient_accumulation_steps=student.accumulation(method_name),
-        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=run["per_device_train_batch_size"],
+        gradient_accumulation_steps=run["gradient_accumulation_steps"],
+        learning_rate=run["learning_rate"],
         optim=cfg.optim,
         lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
-        weight_decay=cfg.weight_decay,
-        num_train_epochs=cfg.num_train_epochs,
+        warmup_steps=run["warmup_ratio"],  # transformers 5: a float in [0, 1) is a ratio
+        weight_decay=run["weight_decay"],
+        num_train_epochs=run["num_train_epochs"],
         max_steps=cfg.max_steps,
         max_length=cfg.max_length,
-        seed=cfg.seed,
+        seed=run["seed"],
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
         gradient_checkpointing=cfg.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",

@@ -44,10 +44,12 @@ from sp2dpo.core.config.params import (
 )
 from sp2dpo.core.config.sweep import SweepConfig
 from sp2dpo.core.config.train import (
+    TRAIN_ARG_KEYS,
     LoraSettings,
     MatrixConfig,
     MethodConfig,
     StudentConfig,
+    TrainArgs,
     TrainConfig,
 )
 from sp2dpo.core.errors import ConfigError
@@ -60,6 +62,7 @@ __all__ = [
     "LOSS_SPECS",
     "SECTIONS",
     "TEACHER_PRESETS",
+    "TRAIN_ARG_KEYS",
     "AggregateConfig",
     "AlpacaEvalConfig",
     "AnnotateConfig",
@@ -86,6 +89,7 @@ __all__ = [
     "StudentConfig",
     "SweepConfig",
     "TeacherConfig",
+    "TrainArgs",
     "TrainConfig",
     "build",
     "build_list",

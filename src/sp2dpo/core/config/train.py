@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from sp2dpo.core.config.base import by_name, field
+from sp2dpo.core.config.base import build, by_name, field
 from sp2dpo.core.config.losses import LossSpec, build_loss_args, loss_spec
 from sp2dpo.core.errors import ConfigError
 
@@ -52,6 +53,65 @@ class StudentConfig:
             raise ConfigError("batch size and gradient_accumulation_steps must be >= 1")
 
 
+def _check_run_settings(values: Mapping[str, Any], where: str) -> None:
+    """Ranges of the optimiser, batch and seed settings (the global keys, or a method's
+    ``train_args``); ``None`` is a value not given. The error names ``<where>.<key>``."""
+    rules = {
+        "learning_rate": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
+        "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1) (a fraction of the steps)"),
+        "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+        "num_train_epochs": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
+        "per_device_train_batch_size": (lambda v: v >= 1, ">= 1"),
+        "gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+        "seed": (lambda v: v >= 0, ">= 0"),
+    }
+    for key, value in values.items():
+        if value is None or key not in rules:
+            continue
+        ok, wanted = rules[key]
+        if not ok(value):
+            raise ConfigError(f"{where}.{key} must be {wanted}, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainArgs:
+    """A method's own training settings (``train.methods[].train_args``): each key given replaces
+    the global ``train.<key>`` (and, for the batch keys, the student's batch shape) in that
+    method's runs; a key left out (null) keeps it."""
+
+    learning_rate: float | None = field(
+        None, "This method's peak learning rate, over `train.learning_rate` (null: that one)."
+    )
+    warmup_ratio: float | None = field(
+        None, "This method's warm-up fraction, in [0, 1), over `train.warmup_ratio` (null: that one)."
+    )
+    weight_decay: float | None = field(
+        None, "This method's AdamW weight decay, over `train.weight_decay` (null: that one)."
+    )
+    per_device_train_batch_size: int | None = field(
+        None,
+        "This method's pairs per device per micro-batch for every student, over the student's "
+        "`per_device_train_batch_size` (null: the student's).",
+    )
+    gradient_accumulation_steps: int | None = field(
+        None,
+        "This method's micro-batches per optimizer step for every student, over the student's "
+        "`accumulation_by_method` and `gradient_accumulation_steps` (null: the student's).",
+    )
+    num_train_epochs: float | None = field(
+        None, "This method's epochs, over `train.num_train_epochs` (null: that one)."
+    )
+    seed: int | None = field(None, "This method's run seed, over `train.seed` (null: that one).")
+
+    def overrides(self) -> dict[str, Any]:
+        """The keys this method sets, in field order (empty: the method trains with the globals)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+#: Keys a method may override in ``train.methods[].train_args``.
+TRAIN_ARG_KEYS = tuple(f.name for f in dataclasses.fields(TrainArgs))
+
+
 #: Methods that need no `beta` or `beta_column`: the artifact column they read by default.
 DEFAULT_BETA_COLUMNS = {"sp2dpo": "beta_annotators_mean_ens", "rand_beta": "beta_random"}
 
@@ -77,10 +137,18 @@ class MethodConfig:
     loss_args: dict[str, Any] = field(
         {}, "The loss's own knobs (docs/losses.md lists them with their defaults; {} runs the defaults)."
     )
+    train_args: TrainArgs = field(
+        TrainArgs(),
+        "This method's own learning rate, warm-up, weight decay, batch shape, epochs and seed "
+        "(`train_args.*`; a key left out: the global `train.*` value or the student's batch "
+        "shape). A key given here wins over both, for every student (docs/training.md).",
+    )
 
     def __post_init__(self) -> None:
         _check_name(self.name, "train.methods[].name")
         where = f"train.methods[{self.name}]"
+        if isinstance(self.train_args, Mapping):  # built in Python: a mapping of the keys above
+            object.__setattr__(self, "train_args", build(TrainArgs, self.train_args, f"{where}.train_args"))
         spec = loss_spec(self.loss, f"{where}.loss")
         build_loss_args(self.loss, self.loss_args, f"{where}.loss_args")
         if self.beta is not None and self.beta_column is not None:
@@ -187,7 +255,9 @@ class TrainConfig:
     num_train_epochs: float = field(1.0, "Epochs over the training pairs (the paper: 1).")
     max_steps: int = field(3, "Optimizer steps; -1: run `num_train_epochs` (offline default: 3).")
     limit: int | None = field(None, "Train on the first N annotated pairs (null: all of them).")
-    seed: int = field(42, "Seed of LoRA init, data order and dropout.")
+    seed: int = field(
+        42, "Seed of LoRA init, data order and dropout (the paper's runners: 0, as the paper-students profile)."
+    )
     precompute_ref_log_probs: bool = field(
         True, "Compute reference log-probs once before training (the paper: on)."
     )
@@ -220,6 +290,10 @@ class TrainConfig:
             raise ConfigError(f"train.limit must be a positive integer or null, got {self.limit}")
         if not self.launcher.strip():
             raise ConfigError("train.launcher must be a command, e.g. `python`")
+        global_keys = ("learning_rate", "warmup_ratio", "weight_decay", "num_train_epochs", "seed")
+        _check_run_settings({k: getattr(self, k) for k in global_keys}, "train")
+        for i, method in enumerate(self.methods):
+            _check_run_settings(method.train_args.overrides(), f"train.methods[{i}].train_args")
 
     def student(self, name: str) -> StudentConfig:
         """The student called ``name``; the error lists the configured ones."""
@@ -228,6 +302,28 @@ class TrainConfig:
     def method(self, name: str) -> MethodConfig:
         """The method called ``name``; the error lists the configured ones."""
         return by_name(self.methods, name, "train.methods")
+
+    def run_args(self, student: StudentConfig, method_name: str) -> dict[str, Any]:
+        """The optimiser, batch and seed settings of the run (``student``, ``method_name``).
+
+        Precedence, key by key: the method's ``train_args`` win; else the batch keys come from
+        the student (``accumulation_by_method``, then ``gradient_accumulation_steps``) and the
+        others from the global ``train.*`` keys. A name that is no configured method has no
+        overrides.
+        """
+        method = next((m for m in self.methods if m.name == method_name), None)
+        settings: dict[str, Any] = {
+            "learning_rate": self.learning_rate,
+            "warmup_ratio": self.warmup_ratio,
+            "weight_decay": self.weight_decay,
+            "per_device_train_batch_size": student.per_device_train_batch_size,
+            "gradient_accumulation_steps": student.accumulation(method_name),
+            "num_train_epochs": self.num_train_epochs,
+            "seed": self.seed,
+        }
+        if method is not None:
+            settings.update(method.train_args.overrides())
+        return settings
 
 
 

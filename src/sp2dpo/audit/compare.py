@@ -156,8 +156,9 @@ def _parse_csv(content: bytes, label: str, envelope: Envelope | None = None,
     try:
         return parse_beta_table(content, label, lo, hi)
     except (UserError, ValueError) as exc:
+        # a value outside the envelope fails the schema's in_range check: say which envelope
         raise AuditError(f"{exc} [envelope [{lo}, {hi}] from {source}]"
-                         if "in_range" in str(exc) or "outside" in str(exc) else str(exc)) from None
+                         if "in_range" in str(exc) else str(exc)) from None
 
 
 def side_from_bytes(content: bytes, label: str) -> Side:
@@ -213,13 +214,12 @@ def load_pairs(path: str | Path) -> pd.DataFrame:
         AuditError: not a table, or without those columns.
     """
     from sp2dpo.core.artifacts import read_table
+    from sp2dpo.core.errors import InputPathError
 
-    if Path(path).is_dir():
-        raise AuditError(f"--pairs {path}: is a folder; give a pairs table")
     try:
         frame = read_table(path)
-    except FileNotFoundError:
-        raise AuditError(f"--pairs {path}: no such file") from None
+    except (FileNotFoundError, InputPathError) as exc:  # missing, or a folder
+        raise AuditError(f"--pairs {exc}") from None
     except Exception as exc:  # pyarrow, JSON and CSV parsers each raise their own kind
         raise AuditError(f"--pairs {path}: not a readable table ({type(exc).__name__}: {exc})") from None
     missing = [c for c in ("prompt_id", "prompt") if c not in frame.columns]

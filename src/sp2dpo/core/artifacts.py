@@ -38,7 +38,7 @@ FILE_MODE = 0o666 & ~_process_umask()
 
 def check_input(path: str | Path) -> Path:
     """``path`` as a file to read: a missing path is ``FileNotFoundError`` (``PATH: no such
-    file``), a folder an :class:`OutputPathError`'s sibling message (``PATH: is a folder,
+    file``), a folder an :class:`~sp2dpo.core.errors.InputPathError` (``PATH: is a folder,
     expected a file``) instead of "no such file" or an OS error later."""
     path = Path(path)
     if path.is_dir():

@@ -18,7 +18,6 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -96,34 +95,30 @@ def _column_dtype(name: str) -> type:
     return float
 
 
-def read_artifact_frame(source: str | Path | IO[bytes], header: list[str], where: str = "") -> pd.DataFrame:
-    """Read an artifact CSV with each column's type (no validation): ``prompt_id`` and the
-    category columns as text, counts as int, tie-break flags as bool, the rest as float with empty
-    cells as NaN. ``header`` is the file's column list (read it first with ``nrows=0``).
+def read_artifact_frame(content: bytes, header: list[str], where: str = "") -> pd.DataFrame:
+    """Read an artifact CSV's bytes with each column's type (no validation): ``prompt_id`` and
+    the category columns as text, counts as int, tie-break flags as bool, the rest as float with
+    empty cells as NaN. ``header`` is the file's column list (read it first with ``nrows=0``).
 
     Raises:
         SchemaViolation: a cell that is not of its column's type, named by row and column.
     """
     dtypes = {c: _column_dtype(c) for c in header}
-    if not isinstance(source, (str, Path)):
-        source = io.BytesIO(source.read())
     try:
         return pd.read_csv(
-            source,
+            io.BytesIO(content),
             dtype={c: t for c, t in dtypes.items() if t is not bool},
             keep_default_na=False,
             na_values={c: [""] for c, t in dtypes.items() if t is float},
         )
     except (ValueError, TypeError) as exc:
-        if not isinstance(source, (str, Path)):
-            source.seek(0)
-        raise SchemaViolation(_bad_cell(source, dtypes, where) or f"{where}: {exc}") from None
+        raise SchemaViolation(_bad_cell(content, dtypes, where) or f"{where}: {exc}") from None
 
 
-def _bad_cell(source: str | Path | IO[bytes], dtypes: Mapping[str, type], where: str) -> str | None:
+def _bad_cell(content: bytes, dtypes: Mapping[str, type], where: str) -> str | None:
     """The first cell that does not read as its column's type, as ``WHERE: row R (line L),
     column C: 'abc' is not a number`` (None when none is found)."""
-    text = pd.read_csv(source, dtype=str, keep_default_na=False)
+    text = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
     for column, kind in dtypes.items():
         if kind is str or column not in text:
             continue
@@ -190,14 +185,14 @@ def parse_beta_table(
     annotators, variants = panel_of(header)
     if annotators and variants:
         _check_column_order(header, annotators, variants, where)
-        frame = read_artifact_frame(io.BytesIO(content), header, where)
+        frame = read_artifact_frame(content, header, where)
         return validate_artifact(frame, annotators, variants, beta_min, beta_max,
                                  category_envelopes=category_envelopes, where=where)
     try:
         schema = beta_schedule_schema(header, beta_min, beta_max)
     except ValueError as exc:
         raise SchemaViolation(f"{where}: {exc}") from None
-    frame = read_artifact_frame(io.BytesIO(content), header, where)
+    frame = read_artifact_frame(content, header, where)
     return artifacts.validate(frame, schema, where)
 
 

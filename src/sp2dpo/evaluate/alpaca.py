@@ -89,8 +89,7 @@ def load_json_list(path: str | Path) -> list[dict[str, Any]]:
             a readable JSON file (duplicate key 'NAME')``), not a list, empty, or an item that is
             not an object.
     """
-    path = Path(path)
-    check_input(path)
+    path = check_input(path)
     try:
         if _is_gzip(path):
             with gzip.open(path, "rt", encoding="utf-8") as fh:

@@ -75,8 +75,7 @@ def iter_jsonl(
             a key given twice included: ``duplicate key 'NAME'``) or not a JSON object, the file
             cannot be decoded (corrupt gzip, not UTF-8), or it holds no record at all.
     """
-    path = Path(path)
-    check_input(path)
+    path = check_input(path)
     opener: Any = gzip.open if is_gzip(path) else open
     count = 0
     try:

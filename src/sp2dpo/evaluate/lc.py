@@ -133,8 +133,7 @@ def read_instruction_difficulty(path: str | Path) -> pd.Series:
         FileNotFoundError, LengthControlInputError: missing file, wrong shape, non-numeric or
             non-finite values, duplicated indices.
     """
-    path = Path(path)
-    check_input(path)
+    path = check_input(path)
     try:
         table = pd.read_csv(path, index_col=0)
     except (ValueError, pd.errors.ParserError) as exc:
@@ -172,8 +171,7 @@ def read_df_gamed(path: str | Path) -> pd.DataFrame:
     Returns:
         A frame with exactly the required columns, ``index`` as int, the rest as float.
     """
-    path = Path(path)
-    check_input(path)
+    path = check_input(path)
     try:
         table = pd.read_csv(path)
     except (ValueError, pd.errors.ParserError) as exc:

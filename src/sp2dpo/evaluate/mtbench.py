@@ -221,15 +221,13 @@ def read_judgments(path: str | Path) -> list[SingleJudgment]:
                 f"(or {FAILED_RATING} for a failed grade), got {score}"
             )
         key = (model, qid, turn, judge)
-        if score == FAILED_RATING:  # dropped before anything else, as show_result.py does
-            out.append(SingleJudgment(qid, model, judge, score, turn))
-            continue
-        if key in seen:
-            raise BenchmarkInputError(
-                f"{where}: model {model!r}, question_id {qid}, turn {turn} already rated at "
-                f"{seen[key]}"
-            )
-        seen[key] = where
+        if score != FAILED_RATING:  # -1 rows are dropped first, as show_result.py does: never a repeat
+            if key in seen:
+                raise BenchmarkInputError(
+                    f"{where}: model {model!r}, question_id {qid}, turn {turn} already rated at "
+                    f"{seen[key]}"
+                )
+            seen[key] = where
         out.append(SingleJudgment(qid, model, judge, score, turn))
     return out
 

@@ -206,16 +206,20 @@ def test_beta_never_reaches_the_model_forward(tiny, tmp_path):
     assert trainer._metrics["train"]["beta/max"][-1] == pytest.approx(0.3)
 
 
-def test_shuffled_dataset_keeps_each_beta_with_its_pair(tiny, tmp_path):
-    """Shuffle the dataset, then let Trainer's sampler reorder it again: every collated beta is
-    the one of the pair whose chosen reply sits in the same batch row."""
+@pytest.mark.parametrize("sampling", ["random", "group_by_length"])
+def test_shuffled_dataset_keeps_each_beta_with_its_pair(tiny, tmp_path, sampling):
+    """Shuffle the dataset, then let Trainer's sampler reorder it again (at random, or grouped by
+    length as the paper's runs are, with the reference precomputed): every collated beta is the
+    one of the pair whose chosen reply sits in the same batch row."""
     model, tok = tiny
     values = [0.03, 0.08, 0.13, 0.18, 0.23, 0.3]
     by_reply = {p[2]: v for p, v in zip(PAIRS, values, strict=True)}
     dataset = _dataset(_betas(values)).shuffle(seed=3)
     assert dataset["prompt_id"] != [p[0] for p in PAIRS]
     trainer = train.PerPairBetaTrainer(
-        model=copy.deepcopy(model), args=_args(tmp_path, False, per_device_train_batch_size=4),
+        model=copy.deepcopy(model),
+        args=_args(tmp_path, sampling == "group_by_length", per_device_train_batch_size=4,
+                   train_sampling_strategy=sampling),
         train_dataset=dataset, processing_class=tok, peft_config=_lora(),
     )
     seen = 0

@@ -166,6 +166,20 @@ class PerPairBetaTrainer(DPOTrainer):
     # -- data -------------------------------------------------------------------------------
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        dataset = self._tokenized(dataset, processing_class, args, dataset_name)
+        if getattr(args, "train_sampling_strategy", None) == "group_by_length" and \
+                args.length_column_name not in dataset.column_names:
+            # transformers' length-grouped sampler reads a length column (it can infer lengths only
+            # from an `input_ids` key, which preference rows do not have): a pair's longer sequence.
+            lengths = [
+                len(p) + max(len(c), len(r))
+                for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"],
+                                   strict=True)
+            ]
+            dataset = dataset.add_column(args.length_column_name, lengths)
+        return dataset
+
+    def _tokenized(self, dataset, processing_class, args, dataset_name):
         if WEAK_TEXT_COLUMNS[0] in getattr(dataset, "column_names", []):
             return self._prepare_tuples(dataset, processing_class, args, dataset_name)
         limit = self.max_prompt_length
@@ -192,8 +206,8 @@ class PerPairBetaTrainer(DPOTrainer):
         weak = dataset.select_columns(list(WEAK_TEXT_COLUMNS)).rename_columns(
             {c: c.removeprefix("weak_") for c in WEAK_TEXT_COLUMNS}
         ).add_column("_row", rows)
-        strong = self._prepare_dataset(strong, processing_class, args, dataset_name)
-        weak = self._prepare_dataset(weak, processing_class, args, f"{dataset_name} (weaker pairs)")
+        strong = self._tokenized(strong, processing_class, args, dataset_name)
+        weak = self._tokenized(weak, processing_class, args, f"{dataset_name} (weaker pairs)")
         where = {r: i for i, r in enumerate(weak["_row"])}
         keep = [i for i, r in enumerate(strong["_row"]) if r in where]
         if len(keep) < len(strong) or len(where) < len(rows):
@@ -206,7 +220,7 @@ class PerPairBetaTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        extra = [c for c in EXTRA_COLUMNS if c not in self._signature_columns]
+        extra = [c for c in (*EXTRA_COLUMNS, self.args.length_column_name) if c not in self._signature_columns]
         self._signature_columns = [*self._signature_columns, *extra]
 
     # -- DPO-PoP's Polyak target ------------------------------------------------------------

@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "core": 1,
     "llm": 2,
     "tracking": 2,
-    **dict.fromkeys(("data", "annotate", "aggregate", "train", "evaluate", "report", "audit", "sweep"), 3),
+    **dict.fromkeys(("data", "annotate", "aggregate", "train", "evaluate", "report", "audit", "sweep", "rehearse"), 3),
     "cli": 4,
 }
 #: The one import of the package root: the pins must be set before anything imports torch.

@@ -54,6 +54,7 @@ from sp2dpo.audit.outputs import (
     settle,
 )
 from sp2dpo.audit.tolerance import DEFAULT_TOLERANCE, check_tolerance
+from sp2dpo.core.artifacts import make_folder
 from sp2dpo.core.programs import dvc_executable
 
 #: Exit status of ``sp2dpo verify`` by verdict, and when the re-run itself failed.
@@ -180,12 +181,7 @@ def verify(
     dvc = dvc_executable()
     shared_cache = _dvc_cache_dir(root, dvc)
     if workdir is not None:
-        if Path(workdir).exists() and not Path(workdir).is_dir():
-            raise VerifyError(f"--workdir {workdir}: is a file, not a folder")
-        try:
-            Path(workdir).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise VerifyError(f"--workdir {workdir}: cannot be created ({exc.strerror})") from None
+        make_folder(workdir, what="--workdir")
     work = Path(tempfile.mkdtemp(prefix=f"sp2dpo-verify-{sha[:12]}-", dir=workdir)).resolve()
     try:
         report = _verify_in(work, root, sha, rev, dvc, shared_cache, recall_teachers, tolerance, progress)

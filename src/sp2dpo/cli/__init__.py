@@ -14,7 +14,7 @@ import argparse
 import logging
 from collections.abc import Callable, Sequence
 
-from sp2dpo.cli import benchmarks, pipeline, tools
+from sp2dpo.cli import benchmarks, pipeline, rehearse, tools
 from sp2dpo.cli.common import Subparsers
 from sp2dpo.core.entry import guarded, setup_logging
 
@@ -38,6 +38,7 @@ PARSERS: list[Callable[[Subparsers], None]] = [
     benchmarks.add_mtbench,
     benchmarks.add_prefeval,
     tools.add_sweep,
+    rehearse.add_rehearse,
     tools.add_params_cmd,
     tools.add_plots_template,
 ]

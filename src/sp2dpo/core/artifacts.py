@@ -72,6 +72,22 @@ def check_output(path: str | Path, *, inputs: Iterable[str | Path | None] = (), 
     return path
 
 
+def make_folder(path: str | Path, *, what: str) -> Path:
+    """``path`` as a working folder, created if missing (``what`` names it: ``--workdir``).
+
+    Raises:
+        OutputPathError: it is a file, or it cannot be created (the OS's reason).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{what} {path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{what} {path}: cannot be created ({exc.strerror})") from None
+    return path
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         return os.path.samefile(a, b)

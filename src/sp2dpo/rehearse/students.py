@@ -7,18 +7,30 @@ the same architecture class as the real model (``Qwen3ForCausalLM``, ``Gemma3For
 ``MistralForCausalLM``, ``LlamaForCausalLM``), with the real model's structural settings (rotary
 embedding type and base, grouped-query attention, Gemma's sliding-window and full-attention
 layers, tied or untied output embeddings, activation, norm epsilon) and every size made tiny
-(:data:`TINY_DIMS`), so that a reference pass over all pairs takes minutes, not days. Each layer
-has the seven LoRA targets of the paper (``q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
-down_proj``).
+(:data:`TINY_DIMS`, :data:`TINY_LAYERS`). Each layer has the seven LoRA targets of the paper
+(``q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj``).
 
-The vocabulary is what makes such a model cheap or not (the output layer is vocabulary x hidden
-per token), so all four share one small tokenizer (:func:`train_tokenizer`): a byte-level BPE of
+All four share one small tokenizer (:func:`train_tokenizer`): a byte-level BPE of
 :data:`VOCAB_SIZE` tokens trained with the ``tokenizers`` library on the texts of the shipped
 500 UltraFeedback rows (about 3.4 characters per token on them, against about 4 for the real
-models' 32k-262k vocabularies), plus three special tokens and a ChatML chat template
-(:data:`CHAT_TEMPLATE`: system, user and assistant turns; ``<|im_end|>`` ends a turn and is the
-EOS). The training is deterministic: the same texts in the same order give the same
-``tokenizer.json`` bytes in any process (checked by the tests).
+models' 32k-262k vocabularies, so sequence lengths in tokens stay close to the real ones), plus
+three special tokens and a ChatML chat template (:data:`CHAT_TEMPLATE`: system, user and
+assistant turns; ``<|im_end|>`` ends a turn and is the EOS). The training is deterministic: the
+same texts in the same order give the same ``tokenizer.json`` bytes in any process (checked by
+the tests).
+
+**Cost.** At this size the weights cost nothing; the reference pass is bounded by what TRL does
+per position on CPU: its fused LM head scores every position of the padded batch (prompt and
+padding included) over the whole vocabulary, in chunks of 32,768 positions x vocabulary floats,
+and attention runs with a padding mask. glibc hands each of those large temporaries back to the
+kernel and faults it in again on the next chunk; a process started with
+``MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647`` keeps them, which made the
+reference pass 2 to 2.6 times faster on 2 CPU cores (the same numbers; resident memory about
+2 GiB instead of 1.3 at length 2048). Measured there, with those variables, one thread, the
+paper's lengths: 54 s per 1,000 pairs for the tiny Qwen3 at one pair per batch, 70 s for the
+two-layer Gemma 3, 80 to 110 s at the paper's batches of 4 and 8 (padding to the batch's
+longest pair). A smaller ``vocab_size`` is cheaper but gives fewer characters per token (1,024
+tokens: about 2.4, and about 30% less time).
 
 A folder is an ordinary ``from_pretrained`` folder (``model.safetensors``, ``config.json``,
 ``generation_config.json``, the tokenizer files, ``chat_template.jinja``), usable anywhere a model
@@ -78,16 +90,19 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
-#: The tiny sizes, the same for every architecture: 2 layers of hidden size 32, 2 query heads
-#: sharing 1 key/value head (grouped-query attention, as all four real models), head size 16.
+#: The tiny sizes of every architecture: hidden size 32, 2 query heads sharing 1 key/value head
+#: (grouped-query attention, as in all four real models), head size 16, MLP size 64.
 TINY_DIMS: dict[str, int] = {
     "hidden_size": 32,
     "intermediate_size": 64,
-    "num_hidden_layers": 2,
     "num_attention_heads": 2,
     "num_key_value_heads": 1,
     "head_dim": 16,
 }
+#: Layers of each tiny model: one, except Gemma 3's two (one sliding-window layer, one
+#: full-attention layer, so both of its attention paths run). A second layer costs about a
+#: quarter more time in the reference pass at length 2048.
+TINY_LAYERS: dict[str, int] = {"qwen3": 1, "gemma3": 2, "mistral": 1, "llama": 1}
 #: Name of the manifest written into every student folder.
 MANIFEST = "rehearse-student.json"
 #: Bumped whenever the construction changes, so older folders are rebuilt.
@@ -173,7 +188,7 @@ def tiny_config(arch: str, tokenizer: Any) -> Any:
     tokenizer's vocabulary and special token ids."""
     settings = json.loads(json.dumps(_REAL.get(arch, {})))
     _config_class(arch)  # refuses an unknown name
-    settings.update(TINY_DIMS)
+    settings.update(TINY_DIMS, num_hidden_layers=TINY_LAYERS[arch])
     settings.update(
         vocab_size=len(tokenizer),
         bos_token_id=None,
@@ -183,7 +198,7 @@ def tiny_config(arch: str, tokenizer: Any) -> Any:
     if arch == "gemma3":
         settings.update(query_pre_attn_scalar=TINY_DIMS["head_dim"], layer_types=list(_TINY_GEMMA_LAYERS))
     if arch == "qwen3":
-        settings["max_window_layers"] = TINY_DIMS["num_hidden_layers"]
+        settings["max_window_layers"] = TINY_LAYERS[arch]
     return _config_class(arch)(**settings)
 
 
@@ -257,7 +272,8 @@ def _build_key(arch: str, seed: int, source_sha: str, vocab_size: int) -> str:
 
     parts = {
         "build_version": BUILD_VERSION, "arch": arch, "seed": seed, "source_sha256": source_sha,
-        "tiny_dims": TINY_DIMS, "vocab_size": vocab_size, "chat_template": CHAT_TEMPLATE,
+        "tiny_dims": TINY_DIMS, "layers": TINY_LAYERS[arch], "vocab_size": vocab_size,
+        "chat_template": CHAT_TEMPLATE,
         "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
         "torch": torch.__version__,
     }
@@ -338,7 +354,9 @@ def build_students(
         out_dir: the parent folder.
         names: student names, keys of :data:`PAPER_STUDENTS` (default: all four).
         seed: the weights' seed (``torch.manual_seed`` before each model is made).
-        source: the texts the shared tokenizer is trained on (the shipped 500 rows).
+        source: the texts the shared tokenizer is trained on (default: the shipped 500 rows at
+            ``data.path``'s default, relative to the working folder as every params path).
+        vocab_size: tokens of the shared tokenizer (:data:`VOCAB_SIZE`; smaller is cheaper).
 
     Returns:
         The folder of each student, by name: pass it as ``train.students[].model``.
@@ -366,7 +384,8 @@ def build_students(
             _write_model(tmp, arch, tokenizer, seed)
             manifest = {
                 "student": name, "architecture": arch, "real_model": PAPER_MODELS[name],
-                "seed": seed, "build_key": keys[name], "tiny_dims": TINY_DIMS,
+                "seed": seed, "build_key": keys[name],
+                "tiny_dims": {**TINY_DIMS, "num_hidden_layers": TINY_LAYERS[arch]},
                 "vocab_size": len(tokenizer), "files": _file_hashes(tmp),
             }
             artifacts.write_json(manifest, tmp / MANIFEST)

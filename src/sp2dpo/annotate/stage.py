@@ -24,7 +24,7 @@ from sp2dpo import tracking
 from sp2dpo.annotate.execute import execute
 from sp2dpo.annotate.plan import estimate, is_done, plan_calls, select_pairs
 from sp2dpo.annotate.prompts import load_variants
-from sp2dpo.annotate.report import call_table, latency_summary, report, stable_report
+from sp2dpo.annotate.report import TABLE_COLUMNS, call_table, latency_summary, report, stable_report
 from sp2dpo.core import artifacts, runlog, schemas
 from sp2dpo.core.config import (
     AnnotateConfig,
@@ -136,7 +136,10 @@ def run(
         imported = store.import_log(legacy)
         if imported is not None:
             log.info("annotate: imported the earlier call log %s into the store as %s", legacy, imported)
-    records = store.read()
+    # Only what the plan and the call table read is kept of each record (a 540k-call store read
+    # whole takes several GB); whole records where a shared or earlier store may lend some.
+    slim = None if store.shared is not None or store.extra else TABLE_COLUMNS
+    records = store.read() if estimate_only else store.read(slim)
     if estimate_only:
         return estimate(teachers, decoding, settings, pairs, variants, records)
 
@@ -177,7 +180,8 @@ def run(
             if timings:  # what the stopped run measured
                 log_run(False)
             raise
-        records = store.read()
+        del records
+        records = store.read(TABLE_COLUMNS)
     table = call_table(specs, records)
     artifacts.write_table(table, out_path, schemas.AnnotatedCallTable)
     summary = report(table, teachers, variants, made, store.skipped_lines)

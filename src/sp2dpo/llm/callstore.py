@@ -68,6 +68,7 @@ import os
 import secrets
 import tempfile
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,12 @@ def _path_digest(path: Path) -> str:
     return hashlib.sha256(os.path.realpath(path).encode("utf-8")).hexdigest()[:16]
 
 
-def _parse(data: bytes, path: Path, first_line: int) -> tuple[list[dict[str, Any]], int]:
+def _parse(
+    data: bytes, path: Path, first_line: int, fields: frozenset[str] | None = None
+) -> tuple[list[dict[str, Any]], int]:
     """The call records of complete JSON lines ``data`` (numbered from ``first_line``), and the
-    number of lines that are not records (warned about)."""
+    number of lines that are not records (warned about); with ``fields``, each record keeps only
+    those (the full one is dropped as soon as it is parsed)."""
     records, skipped = [], 0
     for number, line in enumerate(data.split(b"\n"), start=first_line):
         if not line.strip():
@@ -133,20 +137,28 @@ def _parse(data: bytes, path: Path, first_line: int) -> tuple[list[dict[str, Any
             skipped += 1
             log.warning("%s line %d: not a call record, ignored", path, number)
             continue
-        records.append(record)
+        records.append(record if fields is None else {k: v for k, v in record.items() if k in fields})
     return records, skipped
 
 
-def _read_segment(path: Path, records: dict[str, dict[str, Any]]) -> int:
-    """Add the records of one segment to ``records`` (newest wins); returns lines skipped."""
+def _rewrite_in_key_order(path: Path) -> None:
+    """Rewrite a segment (atomically) in key order, the newest record of each key, each line in
+    canonical form. Holds the lines, not parsed records: a 540k-call segment (1.5 GB) as dicts
+    took several GB."""
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
-    found, skipped = _parse(data[:end], path, 1)
-    if data[end:].strip():
-        skipped += 1  # torn last line: the writer was killed mid-record
-        log.warning("%s: ignoring an incomplete last line (interrupted write)", path)
-    records.update((record["key"], record) for record in found)
-    return skipped
+    newest: dict[str, bytes] = {}
+    for line in data[:end].split(b"\n"):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if isinstance(record, dict) and "key" in record and "status" in record:
+            newest[record["key"]] = _line(record).encode("utf-8")  # canonical, dict dropped
+    del data
+    with artifacts.atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        for key in sorted(newest):
+            fh.write(newest[key])
 
 
 #: Name of a folder store's segments: ``seg-000001.jsonl``, ... Earlier layouts' names (a UTC
@@ -235,9 +247,7 @@ class _Segment:
         os.close(self.fd)
         self.fd = None
         if canonical:
-            records: dict[str, dict[str, Any]] = {}
-            _read_segment(self.path, records)
-            artifacts.write_text("".join(_line(records[key]) for key in sorted(records)), self.path)
+            _rewrite_in_key_order(self.path)
 
 
 def _line(record: dict[str, Any]) -> str:
@@ -294,9 +304,9 @@ class CallStore:
         self._scan_lock = threading.Lock()
         self._tails: dict[Path, _Tail] = {}
         self._base: dict[str, dict[str, Any]] = {}  # what read() returned
-        # Digest of the newest record per key in this store itself (not the record: a 540k-call
-        # run would hold every record it wrote twice).
-        self._own: dict[str, bytes] = {}
+        # The newest record per key in this store itself: the object read() returned, or, for a
+        # record this run appended, its digest (not the record: 540k of them take gigabytes).
+        self._own: dict[str, dict[str, Any] | bytes] = {}
         self._fresh: dict[str, list[dict[str, Any]]] = {}  # records read since, per key
         self._sync_lock = threading.Lock()
         self._written = self._synced = 0  # lines appended, lines known to be on disk
@@ -356,7 +366,9 @@ class CallStore:
 
     # ------------------------------------------------------------------------------ reading
 
-    def _tail(self, path: Path) -> tuple[list[dict[str, Any]], int, bool]:
+    def _tail(
+        self, path: Path, fields: frozenset[str] | None = None
+    ) -> tuple[list[dict[str, Any]], int, bool]:
         """The records of the complete lines ``path`` gained since it was last read (all of it
         when new, or replaced, e.g. by a run's canonical rewrite), lines skipped, and whether
         an incomplete last line is left unread. Call with ``_scan_lock`` held."""
@@ -378,15 +390,19 @@ class CallStore:
             self._tails.pop(path, None)
             return [], 0, False
         end = data.rfind(b"\n") + 1
-        records, skipped = _parse(data[:end], path, lines + 1)
+        records, skipped = _parse(data[:end], path, lines + 1, fields)
         self._tails[path] = _Tail(ident, start + end, lines + data.count(b"\n", 0, end))
         return records, skipped, bool(data[end:].strip())
 
-    def read(self) -> dict[str, dict[str, Any]]:
+    def read(self, fields: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
         """Every complete record, newest per key; torn or corrupt lines are skipped and counted.
+        With ``fields``, each record holds only those (and ``key``, ``status``, ``transient``):
+        a 540k-call store read whole takes several GB. Such records are for reading, never to
+        :meth:`adopt` into another store.
 
         Also the starting point of :meth:`fresh`: what each segment was read up to.
         """
+        keep = None if fields is None else frozenset(fields) | {"key", "status", "transient"}
         lock = FileLock(self.append_lock_file) if self.is_file and self.path.exists() else None
         with self._scan_lock:
             if lock is not None:
@@ -396,17 +412,17 @@ class CallStore:
                 # what the last read returned goes first: never two full snapshots in memory
                 self._base, self._own, self._fresh = {}, {}, {}
                 records: dict[str, dict[str, Any]] = {}
-                own: dict[str, bytes] = {}
+                own: dict[str, dict[str, Any] | bytes] = {}
                 skipped = 0
                 for path, is_own in self._sources():
-                    found, bad, torn = self._tail(path)
+                    found, bad, torn = self._tail(path, keep)
                     if torn:
                         log.warning("%s: ignoring an incomplete last line (interrupted write)", path)
                     skipped += bad + torn
                     for record in found:
                         records[record["key"]] = record
                         if is_own:
-                            own[record["key"]] = _digest(record)
+                            own[record["key"]] = record  # the same object: no extra memory
             finally:
                 if lock is not None:
                     lock.release()
@@ -454,7 +470,12 @@ class CallStore:
         """Whether this store itself (not the shared or extra ones) has ``record`` as the newest
         record of its key, as far as read."""
         with self._scan_lock:
-            return self._own.get(record["key"]) == _digest(record)
+            own = self._own.get(record["key"])
+            if own is None:
+                return False
+            if isinstance(own, bytes):  # a record this run appended, kept as its digest
+                return own == _digest(record)
+            return own is record or own == record
 
     # ------------------------------------------------------------------------------ claims
 

@@ -79,6 +79,7 @@ bench: setup
 	python benchmarks/bench_winrate.py
 	python benchmarks/bench_judge.py
 	python benchmarks/bench_numerics.py
+	python benchmarks/bench_rehearse.py --scales 0.01
 
 clean:
 	rm -rf data/pairs data/annotate data/beta data/eval models mlflow.db mlartifacts mlruns build/plots

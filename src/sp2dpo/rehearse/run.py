@@ -26,8 +26,8 @@ What replaces what (:func:`rehearsal_params` writes it into params.yaml):
   configuration's LoRA, lengths and gradient accumulation, fp32 and a CPU optimizer; each run
   bounded to ``train_pairs`` pairs (``train.limit``, default 16; 0 = every pair), one pair per
   device batch and ``max_steps`` optimizer steps (default 1): at length 2048 a CPU pays about
-  0.4 s per pair for the reference precompute and seconds per pair for a step even with a tiny
-  model (attention and TRL's chunked log-probs), the GPU's work, projected in docs/scaling.md;
+  0.1 s per pair for the reference precompute and about a second per pair for a step even with a
+  tiny model (attention and TRL's chunked log-probs), the GPU's work, projected in docs/scaling.md;
 - the answers: a loopback student server (``eval.server.base_url``); every suite at its full size
   x ``scale`` (805 AlpacaEval, 80 MT-Bench, 541 IFEval, 500 Arena-Hard, 500 held-out pairs).
 

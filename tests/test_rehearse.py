@@ -56,8 +56,15 @@ def test_rehearsal_at_one_hundredth_then_again_without_a_request(tmp_path: Path)
     assert set(teacher_requests) == {"teacher-qwen", "teacher-openai", "teacher-gemini"}
     assert sum(teacher_requests.values()) >= calls >= 9 * 500
     assert stages["annotate"]["requests"] == {**teacher_requests, "judge": 0, "student": 0}
-    # Answers and judgments only in the eval stages, at every suite's scaled size.
-    assert first["servers"]["student"] > 0 and first["servers"]["judge"] > 0
+    # Answers and judgments only in the eval stages, at every suite's scaled size, for the base
+    # model and each of the five methods (distinct adapters: two steps, the first at lr 0), every
+    # student: 8 AlpacaEval + 1 MT-Bench x 2 turns + 5 IFEval + 5 Arena-Hard answers per model
+    # (retries after the servers' faults on top); the judge grades all but IFEval.
+    per_model = sum(rehearse_run.scaled(rehearse_run.FULL_SIZES[s], 0.01) * turns
+                    for s, turns in (("alpaca_eval", 1), ("mt_bench", 2), ("ifeval", 1), ("arena_hard", 1)))
+    assert per_model == 20
+    assert first["servers"]["student"] >= 4 * 6 * per_model
+    assert first["servers"]["judge"] >= 4 * 6 * (8 + 2 + 2 * 5)
     assert sum(s["requests"]["student"] for n, s in stages.items() if n.startswith("eval@")) == \
         first["servers"]["student"]
     params = (repo / "params.yaml").read_text()

@@ -78,9 +78,10 @@ def add_rehearse(sub: Subparsers) -> None:
     p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="scratch folder, kept and re-used (a second run sends no request); "
                    "default: a temporary folder removed afterwards")
-    p.add_argument("--max-steps", type=positive_int, default=1,
+    p.add_argument("--max-steps", type=positive_int, default=2,
                    help="optimizer steps per training run, one pair per device batch, the configured "
-                   "gradient accumulation (default 1)")
+                   "gradient accumulation (default 2: the first step of a warm-up has learning rate "
+                   "0, and every method's adapter must differ for eval to answer with each)")
     p.add_argument("--train-pairs", type=non_negative_int, default=16, metavar="N",
                    help="pairs each training run tokenizes, precomputes the reference for and trains "
                    "on (train.limit; default 16; 0: every annotated pair, hours per run on a CPU)")

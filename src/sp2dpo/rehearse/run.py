@@ -25,7 +25,9 @@ What replaces what (:func:`rehearsal_params` writes it into params.yaml):
   Mistral, Llama by the model id) with one small tokenizer (:mod:`sp2dpo.rehearse.students`), the
   configuration's LoRA, lengths and gradient accumulation, fp32 and a CPU optimizer; each run
   bounded to ``train_pairs`` pairs (``train.limit``, default 16; 0 = every pair), one pair per
-  device batch and ``max_steps`` optimizer steps (default 1): at length 2048 a CPU pays about
+  device batch and ``max_steps`` optimizer steps (default 2: the first step of a warm-up has
+  learning rate 0, and with one step every method's adapter would be the same bytes, which eval
+  then answers once): at length 2048 a CPU pays about
   0.1 s per pair for the reference precompute and about a second per pair for a step even with a
   tiny model (attention and TRL's chunked log-probs), the GPU's work, projected in docs/scaling.md;
 - the answers: a loopback student server (``eval.server.base_url``); every suite at its full size
@@ -102,7 +104,7 @@ class Options:
     overrides: tuple[str, ...] = ()
     scale: float = 1.0
     workdir: Path | None = None
-    max_steps: int = 1
+    max_steps: int = 2
     train_pairs: int = 16
     seed: int = 0
     latency_median_s: float = 0.04

@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,6 @@ class Options:
     seed: int = 0
     latency_median_s: float = 0.04
     keep: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def scaled(full: int, scale: float) -> int:

@@ -32,7 +32,7 @@ from sp2dpo.annotate.plan import plan_calls
 from sp2dpo.annotate.prompts import load_variants
 from sp2dpo.core import artifacts, config, schemas
 from sp2dpo.llm.callstore import CallStore
-from sp2dpo.llm.teachers import Teacher
+from sp2dpo.llm.teachers import RetryingCaller
 from tests.fault_server import FaultServer, pairs_frame, params, teacher
 
 
@@ -48,7 +48,7 @@ def bench(server: FaultServer, concurrency: int, calls: int, workdir: Path) -> d
     variants = load_variants(p.prompts)
     pairs = artifacts.read_table(pairs_path, schemas.PairsToAnnotate)
     specs = plan_calls(pairs, p.teachers, variants, p.decoding)
-    teachers = [Teacher(p.teachers[0], p.decoding)]
+    teachers = [RetryingCaller(p.teachers[0], p.decoding)]
     store = CallStore(workdir / "calls")
     start = time.perf_counter()
     with store:

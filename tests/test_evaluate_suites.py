@@ -166,11 +166,11 @@ def test_local_grader_chooses_the_most_probable_whole_label(tmp_path):
     multi-token label such as "10]]" is told apart from "1]]"."""
     import torch
 
-    from sp2dpo.llm.local import LocalJudge
+    from sp2dpo.llm.local import LocalScorer
 
     judge = build(TeacherConfig, {"id": "gemma", "backend": "local", "model": "local:gemma3-270m",
                                   "max_input_tokens": 512}, "judge")
-    model = LocalJudge(judge.model, max_input_tokens=512)
+    model = LocalScorer(judge.model, max_input_tokens=512)
     labels = tuple(str(k) for k in range(1, 11))
     with EvalCalls(tmp_path / "calls") as calls:
         grader = LabelGrader("mt_bench", judge, FAST, labels, lambda t: None, "t", calls,

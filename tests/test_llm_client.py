@@ -18,7 +18,7 @@ from sp2dpo.llm.client import (
     _retry_after,
     request_fields,
 )
-from sp2dpo.llm.teachers import Teacher, signature
+from sp2dpo.llm.teachers import RetryingCaller, signature
 
 
 def make(**kw) -> TeacherConfig:
@@ -102,7 +102,7 @@ def test_retry_after_forms():
 
 def test_backoff_is_exponential_with_jitter_and_honours_retry_after():
     d = dataclasses.replace(DecodingConfig(), backoff_base_s=5, backoff_max_s=120, retry_after_max_s=600)
-    t = Teacher(make(), d, backend=object())  # type: ignore[arg-type]
+    t = RetryingCaller(make(), d, backend=object())  # type: ignore[arg-type]
     for attempt in range(3):
         for _ in range(20):
             assert 2.5 * 2**attempt <= t.backoff(attempt, None) <= 5 * 2**attempt

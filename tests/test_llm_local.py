@@ -170,7 +170,7 @@ def judge(request):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield local.LocalJudge(MODELS[request.param], max_input_tokens=MAX_INPUT_TOKENS)
+        yield local.LocalScorer(MODELS[request.param], max_input_tokens=MAX_INPUT_TOKENS)
     finally:
         torch.set_num_threads(threads)
 
@@ -185,7 +185,7 @@ def long_scores(judge):
     return judge.score(LONG)
 
 
-def check_answer(judge: local.LocalJudge, scores: local.LocalScores) -> dict:
+def check_answer(judge: local.LocalScorer, scores: local.LocalScores) -> dict:
     from sp2dpo.llm.parse import parse_judgement
 
     answer = json.loads(scores.judgement.text)

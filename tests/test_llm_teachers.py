@@ -1,4 +1,4 @@
-"""The `local` backend (in-process LocalJudge) through the same pipeline as the HTTP backend:
+"""The `local` backend (in-process LocalScorer) through the same pipeline as the HTTP backend:
 same parsing, statuses, call log and call table."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from sp2dpo.evaluate import arenahard, judge_backends, mtbench
 from sp2dpo.evaluate.judge import PairwiseJudge
 from sp2dpo.llm.client import OpenAICompatibleClient
 from sp2dpo.llm.parse import parse_judgement
-from sp2dpo.llm.teachers import Teacher
+from sp2dpo.llm.teachers import RetryingCaller
 from sp2dpo.rehearse import servers as srv
 from sp2dpo.rehearse.servers import Servers, ServerSpec
 from tests.conftest import ROOT
@@ -108,14 +108,14 @@ def test_transient_faults_hit_the_first_attempt_only_and_invalid_replies_stay(se
     stop = threading.Event()
     before = servers.stats()
     started = time.monotonic()
-    result = Teacher(teacher_cfg(servers, "t-429"), FAST).judge(pair_messages(1), stop)
+    result = RetryingCaller(teacher_cfg(servers, "t-429"), FAST).judge(pair_messages(1), stop)
     assert result is not None and result.status == "ok" and result.attempts == 2
     assert time.monotonic() - started >= 0.4  # Retry-After (0.4 s) over a backoff of <= 0.02 s
     for name in ("t-5xx", "t-hang"):
         decoding = dataclasses.replace(FAST, timeout_s=1.0)  # below hang_s (3 s)
-        result = Teacher(teacher_cfg(servers, name), decoding).judge(pair_messages(2), stop)
+        result = RetryingCaller(teacher_cfg(servers, name), decoding).judge(pair_messages(2), stop)
         assert result is not None and (result.status, result.attempts) == ("ok", 2), name
-    result = Teacher(teacher_cfg(servers, "t-invalid"), FAST).judge(pair_messages(3), stop)
+    result = RetryingCaller(teacher_cfg(servers, "t-invalid"), FAST).judge(pair_messages(3), stop)
     assert result is not None and result.status == "invalid_json"
     assert result.attempts == 1 + FAST.max_retries
     after = servers.stats()

@@ -30,7 +30,7 @@ from sp2dpo.annotate.prompts import Variant, messages_sha256
 from sp2dpo.core.stopping import Interrupted, handle_signals
 from sp2dpo.llm.callstore import LOG_VERSION, CallStore
 from sp2dpo.llm.client import PRESETS, AuthError
-from sp2dpo.llm.teachers import CallResult, Teacher, signature
+from sp2dpo.llm.teachers import CallResult, RetryingCaller, signature
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _Progress:
 def _record(
     spec: CallSpec,
     pair: Any,
-    teacher: Teacher,
+    teacher: RetryingCaller,
     variant: Variant,
     messages: list[dict[str, str]],
     sig: dict[str, Any],
@@ -117,7 +117,7 @@ def _record(
     }
 
 
-def _timing(spec: CallSpec, teacher: Teacher, variant: Variant, result: CallResult) -> dict[str, Any]:
+def _timing(spec: CallSpec, teacher: RetryingCaller, variant: Variant, result: CallResult) -> dict[str, Any]:
     """What one call measured (for the run log, never the call store): latency of the last
     attempt, time from first try to final outcome (retries and waits included), finish time."""
     return {
@@ -135,7 +135,7 @@ def _timing(spec: CallSpec, teacher: Teacher, variant: Variant, result: CallResu
 def execute(
     todo: list[CallSpec],
     pairs: pd.DataFrame,
-    teachers: list[Teacher | None],
+    teachers: list[RetryingCaller | None],
     variants: list[Variant],
     store: CallStore,
     *,

@@ -36,7 +36,7 @@ from sp2dpo.core.config import (
 )
 from sp2dpo.core.errors import UserError
 from sp2dpo.llm.callstore import CallStore
-from sp2dpo.llm.teachers import Teacher
+from sp2dpo.llm.teachers import RetryingCaller
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +151,9 @@ def run(
         len(pairs), len(teachers), len(variants), len(specs), len(specs) - len(todo), len(todo),
     )
     # Building a teacher reads its key: a missing key stops the stage before any call.
-    backends: list[Teacher | None] = [None] * len(teachers)
+    backends: list[RetryingCaller | None] = [None] * len(teachers)
     for ti in sorted({s.teacher for s in todo}):
-        backends[ti] = Teacher(teachers[ti], decoding, chars_per_token=settings.chars_per_token)
+        backends[ti] = RetryingCaller(teachers[ti], decoding, chars_per_token=settings.chars_per_token)
     made: Counter[str] = Counter()
     timings: list[dict[str, Any]] = []
 

@@ -5,7 +5,7 @@
   batches of ``eval.generation.batch_size`` in the given order;
 - :class:`ServerBackend`: any OpenAI-compatible chat-completions endpoint (``eval.server``), up
   to ``max_concurrency`` requests in flight, each through the shared retry loop of
-  :class:`sp2dpo.llm.teachers.Teacher` (backoff, ``Retry-After``, key hygiene: the key comes
+  :class:`sp2dpo.llm.teachers.RetryingCaller` (backoff, ``Retry-After``, key hygiene: the key comes
   from the environment variable named by ``api_key_env`` and never reaches a log or a record).
   The request carries the conversation, ``temperature`` (0 = greedy), ``top_p``, ``seed`` and
   ``max_tokens``; ``repetition_penalty`` only when it is not 1.0 (a vLLM extension). The student's
@@ -31,7 +31,7 @@ from sp2dpo.core.config import DecodingConfig, GenerationConfig, StudentConfig, 
 from sp2dpo.core.config.evaluate import AnswerServerConfig
 from sp2dpo.evaluate import generate
 from sp2dpo.llm import models
-from sp2dpo.llm.teachers import Teacher
+from sp2dpo.llm.teachers import RetryingCaller
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class ServerBackend:
         self.requests_sent = 0
         self._count_lock = threading.Lock()
 
-    def _teacher(self, settings: GenerationConfig, max_new_tokens: int) -> Teacher:
+    def _teacher(self, settings: GenerationConfig, max_new_tokens: int) -> RetryingCaller:
         """The retry loop and HTTP client of one decoding (its fields are fixed per client)."""
         extra = (
             {"repetition_penalty": settings.repetition_penalty}
@@ -184,7 +184,7 @@ class ServerBackend:
             timeout_s=self.server.timeout_s,
             max_retries=self.server.max_retries,
         )
-        return Teacher(cfg, decoding)
+        return RetryingCaller(cfg, decoding)
 
     def _fit(self, messages: Messages, settings: GenerationConfig) -> Messages:
         if self._tokenizer_loader is None:
@@ -194,7 +194,7 @@ class ServerBackend:
         fitted, _ = generate.fit_conversation(self._tokenizer, messages, settings.max_input_tokens)
         return fitted
 
-    def _ask(self, retry: Teacher, messages: Messages, stop: threading.Event) -> Reply | None:
+    def _ask(self, retry: RetryingCaller, messages: Messages, stop: threading.Event) -> Reply | None:
         with self._count_lock:
             self.requests_sent += 1
         done = retry.call(

@@ -27,8 +27,8 @@ from typing import Any
 from sp2dpo.core.config import DecodingConfig, TeacherConfig
 from sp2dpo.evaluate.calls import JUDGE, EvalCalls, judge_key
 from sp2dpo.evaluate.judge_backends import judge_signature
-from sp2dpo.llm.local import LocalJudge
-from sp2dpo.llm.teachers import HttpBackend, Teacher
+from sp2dpo.llm.local import LocalScorer
+from sp2dpo.llm.teachers import HttpBackend, RetryingCaller
 
 #: The answer cue after which the local backend scores ``label]]``.
 CUE = "[["
@@ -71,7 +71,7 @@ class LabelGrader:
         template_sha256: str,
         calls: EvalCalls,
         *,
-        local: Callable[[], LocalJudge] | None = None,
+        local: Callable[[], LocalScorer] | None = None,
     ) -> None:
         self.suite = suite
         self.cfg = dataclasses.replace(judge, structured_output="none")
@@ -85,8 +85,8 @@ class LabelGrader:
             **({"labels": list(self.labels)} if judge.backend == "local" else {}),
         }
         self._local_factory = local
-        self._local: LocalJudge | None = None
-        self._http: Teacher | None = None
+        self._local: LocalScorer | None = None
+        self._http: RetryingCaller | None = None
         self._lock = threading.Lock()
 
     def key(self, question: Question) -> str:
@@ -158,7 +158,7 @@ class LabelGrader:
 
         with self._lock:
             if self._local is None:
-                self._local = self._local_factory() if self._local_factory else LocalJudge(
+                self._local = self._local_factory() if self._local_factory else LocalScorer(
                     self.cfg.model,
                     revision=self.cfg.revision,
                     dtype=self.cfg.dtype,
@@ -184,7 +184,7 @@ class LabelGrader:
         with self._lock:
             if self._http is None:
                 backend = HttpBackend(self.cfg, self.decoding, chars_per_token=4.0)
-                self._http = Teacher(self.cfg, self.decoding, backend=backend)
+                self._http = RetryingCaller(self.cfg, self.decoding, backend=backend)
         done = self._http.call(question.messages, stop, role="judge")
         if done is None:
             return None

@@ -33,7 +33,7 @@ answer is not retried (the judge decodes greedily); transport errors are retried
 
 Backends (``judge.backend``):
 
-- ``local``: the in-process model of :class:`sp2dpo.llm.local.LocalJudge` (loaded once),
+- ``local``: the in-process model of :class:`sp2dpo.llm.local.LocalScorer` (loaded once),
   rendering the messages with its chat template, or the plain ``System:/User:/Assistant:`` layout
   for a base model, and reading the next-token probabilities of the two labels after the prompt.
   A prompt longer than ``judge.max_input_tokens`` has the middles of both outputs cut to a common

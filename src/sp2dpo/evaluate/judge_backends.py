@@ -1,10 +1,10 @@
 """How one comparison is asked: the judge prompt, and the two backends that answer it.
 
 - :class:`LocalLabelScorer` (``judge.backend: local``): the in-process model of
-  :class:`sp2dpo.llm.local.LocalJudge`, read for the next-token probabilities of the two labels;
+  :class:`sp2dpo.llm.local.LocalScorer`, read for the next-token probabilities of the two labels;
   a prompt over ``judge.max_input_tokens`` has the middles of both outputs cut to a common cap.
 - :class:`HttpLabelJudge` (``judge.backend: openai``): any OpenAI-compatible endpoint through
-  the shared retry loop of :class:`sp2dpo.llm.teachers.Teacher`.
+  the shared retry loop of :class:`sp2dpo.llm.teachers.RetryingCaller`.
 
 Both return a :class:`Verdict`; :mod:`sp2dpo.evaluate.judge` turns it into a preference.
 """
@@ -19,8 +19,8 @@ from typing import Any
 
 from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
 from sp2dpo.evaluate.calls import text_sha256
-from sp2dpo.llm.local import LocalJudge, cut_middle
-from sp2dpo.llm.teachers import HttpBackend, Teacher, signature
+from sp2dpo.llm.local import LocalScorer, cut_middle
+from sp2dpo.llm.teachers import HttpBackend, RetryingCaller, signature
 
 #: The two single-token labels: the first shown output is ``A``, the second ``B``.
 LABELS: tuple[str, str] = ("A", "B")
@@ -114,7 +114,7 @@ class LocalLabelScorer:
 
     def __init__(self, judge: TeacherConfig) -> None:
         self.cfg = judge
-        self.scorer = LocalJudge(
+        self.scorer = LocalScorer(
             judge.model,
             revision=judge.revision,
             dtype=judge.dtype,
@@ -201,7 +201,7 @@ class HttpLabelJudge:
         self.cfg = dataclasses.replace(judge, structured_output="none")
         self.decoding = decoding
         self.backend = HttpBackend(self.cfg, decoding, chars_per_token=4.0)
-        self.retry = Teacher(self.cfg, decoding, backend=self.backend)
+        self.retry = RetryingCaller(self.cfg, decoding, backend=self.backend)
 
     def judge(
         self, prompt: JudgePrompt, instruction: str, first: str, second: str, stop: threading.Event

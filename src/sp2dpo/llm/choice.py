@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sp2dpo.llm.local import LocalJudge, _Prefix
+from sp2dpo.llm.local import LocalScorer, _Prefix
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,14 @@ class LocalChoice:
 
 
 def choose(
-    judge: LocalJudge,
+    judge: LocalScorer,
     messages: Sequence[Mapping[str, str]],
     cue: str,
     candidates: Sequence[str],
 ) -> LocalChoice:
     """Score each candidate continuation of ``cue`` after the rendered ``messages``.
 
-    The prompt is fitted with :meth:`LocalJudge.fit_prompt` (the last user message trimmed to
+    The prompt is fitted with :meth:`LocalScorer.fit_prompt` (the last user message trimmed to
     ``max_input_tokens``); the candidates must be prefix-free once tokenised.
 
     Raises:

@@ -1,7 +1,7 @@
 """In-process ``transformers`` teacher for offline runs: the gap fields by log-prob scoring.
 
 A tiny model (SmolLM2-135M, gemma-3-270m) sampled freely rarely writes valid JSON, so
-:class:`LocalJudge` never lets it generate. It writes the JSON answer itself, one field at a time,
+:class:`LocalScorer` never lets it generate. It writes the JSON answer itself, one field at a time,
 and only asks the model to *score* the closed set of values each field may take:
 
 1. ``{"semantic_gap_category": "`` is appended to the rendered prompt, and each of the six
@@ -41,7 +41,7 @@ otherwise (base models such as gemma-3-270m) :func:`render_plain`, i.e. ``System
 blocks separated by blank lines and an ``Assistant:`` cue, tokenised with the tokenizer's special
 tokens (``<bos>``).
 
-Truncation (:meth:`LocalJudge.fit_prompt`): the rendered prompt is kept within
+Truncation (:meth:`LocalScorer.fit_prompt`): the rendered prompt is kept within
 ``max_input_tokens`` by shortening the last user message only, so the system message (rubric),
 the chat framing, the final non-empty line of the user message (the JSON-only instruction) and
 the answer cue stay intact. The text before that line is split into fields
@@ -127,7 +127,7 @@ class LocalScores:
     """A judgement with the scores behind it (for inspection and tests).
 
     Attributes:
-        judgement: what :meth:`LocalJudge.judge` returns.
+        judgement: what :meth:`LocalScorer.judge` returns.
         prompt: the rendered prompt after truncation, without the answer.
         is_truncated: whether the user message was shortened to fit ``max_input_tokens``.
         category_logprobs: summed token log-prob of each category string, by category.
@@ -327,7 +327,7 @@ class _Tree:
         return cls(tokens, depths, parents, index)
 
 
-class LocalJudge:
+class LocalScorer:
     """An in-process ``transformers`` teacher answering by log-prob scoring (see the module doc).
 
     The model loads once, here; ``torch`` thread settings are left to the caller.

@@ -1,6 +1,6 @@
 """A teacher of the panel: one backend (HTTP or in-process) behind one retry-and-parse loop.
 
-Both backends produce reply *text*; :meth:`Teacher.judge` parses it with
+Both backends produce reply *text*; :meth:`RetryingCaller.judge` parses it with
 :func:`sp2dpo.llm.parse.parse_judgement`, so statuses, the call log and the call table are
 the same whichever backend answered. Retries: transient failures (429, 5xx, timeouts, connection
 errors, malformed bodies) and invalid outputs are retried up to ``decoding.max_retries`` times
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
 from sp2dpo.llm import local
 from sp2dpo.llm.client import Attempt, AuthError, OpenAICompatibleClient, request_fields
-from sp2dpo.llm.local import LocalJudge
+from sp2dpo.llm.local import LocalScorer
 from sp2dpo.llm.parse import parse_judgement
 
 #: One local model computes at a time: the CPU is shared and models are not thread-safe.
@@ -87,7 +87,7 @@ def _local_scorer_sha256() -> str:
 
 
 class LocalBackend:
-    """The in-process backend: wraps :class:`sp2dpo.llm.local.LocalJudge` (loaded lazily)."""
+    """The in-process backend: wraps :class:`sp2dpo.llm.local.LocalScorer` (loaded lazily)."""
 
     retries_invalid = False
 
@@ -98,7 +98,7 @@ class LocalBackend:
 
     def _load(self) -> Any:
         if self._judge is None:
-            self._judge = LocalJudge(
+            self._judge = LocalScorer(
                 self.teacher.model,
                 revision=self.teacher.revision,
                 dtype=self.teacher.dtype,
@@ -146,7 +146,7 @@ class HttpBackend:
 
 @dataclasses.dataclass(frozen=True)
 class RetriedCall:
-    """The final attempt of :meth:`Teacher.call`, how many were made, and the summed tokens."""
+    """The final attempt of :meth:`RetryingCaller.call`, how many were made, and the summed tokens."""
 
     attempt: Attempt
     attempts: int
@@ -154,8 +154,10 @@ class RetriedCall:
     completion_tokens: int | None
 
 
-class Teacher:
-    """One teacher: its config, backend and retry policy.
+class RetryingCaller:
+    """The retrying call loop around one backend: its config, backend and retry policy.
+
+    It drives the annotate teachers, the eval judge's HTTP backend and the answer server alike.
 
     Args:
         cfg: the teacher's config.

@@ -1,4 +1,5 @@
-"""Tests for sp2dpo.core.entry, jsonio and programs: what every command shares when input is bad.
+"""Tests for sp2dpo.core.entry, jsonio (strict JSON, the JSON Lines reader) and programs: what
+every command shares when input is bad.
 
 No traceback reaches a user: expected errors are one line with status 2, OS errors on a named
 path too, a bug is one line with status 70 (its traceback with -v), and a reader that goes away
@@ -60,6 +61,41 @@ def test_strict_json_refuses_a_key_given_twice():
     with pytest.raises(json.JSONDecodeError, match="duplicate key 'b'"):
         jsonio.loads('{"a": {"b": 1, "b": 2}}')
     assert json.loads('{"b": 1, "b": 2}') == {"b": 2}  # what the standard library does instead
+
+
+@pytest.mark.parametrize("name", ["r.jsonl", "r.JSONL.GZ"])
+def test_the_jsonl_reader_names_file_and_line_in_every_error(tmp_path, name):
+    """One reader for every stage: gzip by suffix, blank lines skipped, strict JSON, and each
+    failure the caller's own error class with ``FILE:LINE`` (or how far a cut file was read)."""
+    import gzip
+
+    class Mine(jsonio.JsonlError):
+        pass
+
+    def write(text: str):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(text.encode()) if name.endswith("GZ") else text.encode())
+        return path
+
+    path = write('{"a": 1}\n\n{"a": 2}\n')
+    assert list(jsonio.iter_jsonl(path)) == [(f"{path}:1", {"a": 1}), (f"{path}:3", {"a": 2})]
+    for text, message in [
+        ('{"a": 1}\n{"a": 1, "a": 2}\n', ":2: invalid JSON: duplicate key 'a'"),
+        ('{"a": 1}\n{oops\n', ":2: invalid JSON: Expecting property name"),
+        ("\n[1]\n", ":2: expected a JSON object, got list"),
+        ("\n", ": no records"),
+    ]:
+        with pytest.raises(Mine) as info:
+            list(jsonio.iter_jsonl(write(text), error=Mine))
+        assert str(info.value).startswith(f"{path}{message}")
+    assert list(jsonio.iter_jsonl(write("\n"), allow_empty=True)) == []
+    if name.endswith("GZ"):
+        whole = gzip.compress(('{"a": 1}\n' * 5000).encode())
+        path.write_bytes(whole[: len(whole) // 2])
+        with pytest.raises(jsonio.JsonlError, match=r": cannot read: truncated or corrupt gzip data after line \d+ "):
+            list(jsonio.iter_jsonl(path))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        list(jsonio.iter_jsonl(tmp_path / "missing.jsonl"))
 
 
 def test_dvc_is_found_beside_the_interpreter_without_path(monkeypatch):

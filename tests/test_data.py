@@ -176,17 +176,17 @@ GOOD = hf_record("fine prompt", "yes", "no")
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        ([json.dumps(GOOD), "{not json", json.dumps(GOOD)], r"bad\.jsonl line 2: malformed JSON"),
+        ([json.dumps(GOOD), "{not json", json.dumps(GOOD)], r"bad\.jsonl:2: invalid JSON: Expecting property name"),
         ([json.dumps(GOOD), json.dumps({k: v for k, v in GOOD.items() if k != "rejected"})],
-         r"bad\.jsonl line 2: missing required field 'rejected'"),
-        ([json.dumps({**GOOD, "chosen": 42})], r"bad\.jsonl line 1: field 'chosen' must be a string or a list"),
+         r"bad\.jsonl:2: missing required field 'rejected'"),
+        ([json.dumps({**GOOD, "chosen": 42})], r"bad\.jsonl:1: field 'chosen' must be a string or a list"),
         ([json.dumps({**GOOD, "rejected": [{"role": "user", "content": "q"}]})],
-         r"line 1: field 'rejected' has no assistant message"),
+         r"bad\.jsonl:1: field 'rejected' has no assistant message"),
         ([json.dumps({**GOOD, "chosen": [{"role": "assistant", "content": None}]})],
-         r"line 1: field 'chosen' message 0 must be an object with a string 'content'"),
-        ([json.dumps({**GOOD, "prompt": ["a"]})], r"line 1: field 'prompt' must be a string"),
-        ([json.dumps({**GOOD, "score_chosen": "high"})], r"line 1: field 'score_chosen' must be a number or null"),
-        (["[1, 2]"], r"line 1: expected a JSON object"),
+         r"bad\.jsonl:1: field 'chosen' message 0 must be an object with a string 'content'"),
+        ([json.dumps({**GOOD, "prompt": ["a"]})], r"bad\.jsonl:1: field 'prompt' must be a string"),
+        ([json.dumps({**GOOD, "score_chosen": "high"})], r"bad\.jsonl:1: field 'score_chosen' must be a number or null"),
+        (["[1, 2]"], r"bad\.jsonl:1: expected a JSON object, got list"),
     ],
 )
 def test_bad_snapshot_names_file_line_and_field(tmp_path, lines, message):
@@ -215,8 +215,8 @@ def test_duplicate_json_key_names_file_line_and_key(tmp_path, name):
     path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
     with pytest.raises(data.DataError) as info:
         data.read_snapshot(path)
-    where = f"{path} line 2" if name.startswith("dup.jsonl") else str(path)
-    assert str(info.value) == f"{where}: duplicate key 'chosen'"
+    where = f"{path}:2" if name.startswith("dup.jsonl") else str(path)
+    assert str(info.value) == f"{where}: invalid JSON: duplicate key 'chosen'"
 
 
 def test_unknown_file_type_and_missing_file(tmp_path):
@@ -293,7 +293,7 @@ def test_truncated_gzip_snapshot_is_one_clear_error(tmp_path, h4_sample, capsys)
 
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(h4_sample.read_bytes()[:60_000])
-    with pytest.raises(data.DataError, match=r"cut\.jsonl\.gz: truncated or corrupt gzip data after line \d+"):
+    with pytest.raises(data.DataError, match=r"cut\.jsonl\.gz: cannot read: truncated or corrupt gzip data after line \d+"):
         data.read_snapshot(cut)
     params = tmp_path / "params.yaml"
     params.write_text(f"data:\n  path: {cut}\n")

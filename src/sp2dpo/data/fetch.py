@@ -9,15 +9,11 @@ resolved as "last wins".
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gzip
 import hashlib
-import io
 import json
 import logging
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +90,7 @@ def normalize_record(record: Any, source: str, where: str) -> dict[str, Any]:
     Args:
         record: a mapping in the HF ``ultrafeedback_binarized`` schema or with string replies.
         source: the value of the ``source`` column (where the row came from).
-        where: location used in error messages, e.g. ``"snap.jsonl line 12"``.
+        where: location used in error messages, e.g. ``"snap.jsonl:12"``.
 
     Raises:
         DataError: naming ``where`` and the offending field.
@@ -148,63 +144,27 @@ def _suffix(path: Path) -> str:
     )
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def _json_error(where: str, exc: json.JSONDecodeError, *, whole_file: bool) -> DataError:
-    """The one-line error of a JSON parse failure: the duplicate key, or the position."""
-    if isinstance(exc, jsonio.DuplicateKeyError):
-        return DataError(f"{where}: {exc}")
-    at = f"line {exc.lineno} column {exc.colno}" if whole_file else f"column {exc.colno}"
-    return DataError(f"{where}: malformed JSON ({exc.msg} at {at})")
-
-
-@contextlib.contextmanager
-def _readable(path: Path, lines_read: Callable[[], int]) -> Iterator[None]:
-    """Turn a truncated or corrupt compressed file, or bytes that are not UTF-8, into a
-    :class:`DataError` naming the file and how far it was read."""
-    try:
-        yield
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(
-            f"{path}: truncated or corrupt gzip data after line {lines_read()} ({exc}); "
-            "re-create or re-download the file"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text after line {lines_read()} ({exc.reason})") from None
-
-
 def iter_snapshot(path: str | Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(location, record)`` for every record of a local snapshot.
 
-    ``location`` is ``"FILE line N"`` for JSON lines and ``"FILE row N"`` otherwise (1-based
-    lines, 0-based rows, as editors and pandas count them).
+    ``location`` is ``"FILE:LINE"`` for JSON lines (1-based, read by
+    :func:`sp2dpo.core.jsonio.iter_jsonl`) and ``"FILE row N"`` otherwise (0-based, as pandas
+    counts rows).
     """
     path = Path(path)
     suffix = _suffix(path)
     if not path.exists():
         raise DataError(f"{path}: snapshot file not found")
     if suffix.startswith(".jsonl"):
-        number = 0
-        with _open_text(path) as fh, _readable(path, lambda: number):
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path} line {number}"
-                try:
-                    record = jsonio.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise _json_error(where, exc, whole_file=False) from None
-                yield where, record
+        yield from jsonio.iter_jsonl(path, error=DataError, allow_empty=True)
     elif suffix.startswith(".json"):
-        with _open_text(path) as fh, _readable(path, lambda: 0):
-            try:
+        try:
+            with jsonio.open_text(path) as fh:
                 records = jsonio.load(fh)
-            except json.JSONDecodeError as exc:
-                raise _json_error(str(path), exc, whole_file=True) from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: invalid JSON: {exc}") from None
+        except jsonio.READ_ERRORS as exc:
+            raise DataError(jsonio.cannot_read(path, exc)) from None
         if not isinstance(records, list):
             raise DataError(f"{path}: expected a JSON list of records")
         for row, record in enumerate(records):

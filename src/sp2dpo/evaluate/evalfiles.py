@@ -17,15 +17,13 @@ stream with :func:`check_gzip_intact`, so a file cut short is noticed whatever t
 from __future__ import annotations
 
 import gzip
-import json
-import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from sp2dpo.core import jsonio
-from sp2dpo.core.artifacts import check_input
 from sp2dpo.core.errors import UserError
+from sp2dpo.core.jsonio import is_gzip
 
 __all__ = [
     "BenchmarkInputError",
@@ -37,8 +35,6 @@ __all__ = [
     "text_field",
 ]
 
-#: Errors of a file that cannot be read or decoded (missing, corrupt or truncated gzip, not UTF-8).
-_READ_ERRORS = (OSError, EOFError, UnicodeDecodeError, zlib.error)
 #: Bytes decompressed at a time by :func:`check_gzip_intact`.
 _CHUNK = 1 << 20
 
@@ -47,55 +43,15 @@ class BenchmarkInputError(UserError, ValueError):
     """A benchmark file that cannot be used; the message names file, line and field."""
 
 
-def is_gzip(path: Path) -> bool:
-    """Whether ``path`` is read as gzip: by its ``.gz`` suffix (any case)."""
-    return path.name.lower().endswith(".gz")
-
-
 def iter_jsonl(
     path: str | Path,
     *,
     error: type[UserError] = BenchmarkInputError,
     allow_empty: bool = False,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(where, record)`` for every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file.
-
-    ``where`` is ``"FILE:LINE"``, the prefix of every error message about that record. A gzip file
-    is recognised by its ``.gz`` suffix, so the official files and our compressed copies of them
-    read the same way.
-
-    Args:
-        path: the file.
-        error: the class of the errors raised (a reader's own :class:`UserError` subclass).
-        allow_empty: a file without any record is not an error (the caller says what is missing).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        BenchmarkInputError: (or ``error``) a line is not JSON (``FILE:LINE: invalid JSON: ...``,
-            a key given twice included: ``duplicate key 'NAME'``) or not a JSON object, the file
-            cannot be decoded (corrupt gzip, not UTF-8), or it holds no record at all.
-    """
-    path = check_input(path)
-    opener: Any = gzip.open if is_gzip(path) else open
-    count = 0
-    try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    record = jsonio.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise error(f"{where}: invalid JSON: {exc}") from None
-                if not isinstance(record, dict):
-                    raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
-                count += 1
-                yield where, record
-    except _READ_ERRORS as exc:
-        raise error(f"{path}: cannot read: {exc}") from None
-    if count == 0 and not allow_empty:
-        raise error(f"{path}: no records")
+    """:func:`sp2dpo.core.jsonio.iter_jsonl` raising :class:`BenchmarkInputError` (or ``error``):
+    ``(FILE:LINE, record)`` for every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file."""
+    return jsonio.iter_jsonl(path, error=error, allow_empty=allow_empty)
 
 
 def check_gzip_intact(path: str | Path, error: type[UserError] = BenchmarkInputError) -> None:
@@ -113,8 +69,8 @@ def check_gzip_intact(path: str | Path, error: type[UserError] = BenchmarkInputE
         with gzip.open(path, "rb") as fh:
             while fh.read(_CHUNK):
                 pass
-    except _READ_ERRORS as exc:
-        raise error(f"{path}: cannot read: {exc}") from None
+    except jsonio.READ_ERRORS as exc:
+        raise error(jsonio.cannot_read(path, exc)) from None
 
 
 def field(record: Mapping[str, Any], name: str, where: str, types: type | tuple[type, ...]) -> Any:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core.errors import UserError
+from sp2dpo.core.jsonio import iter_jsonl
 from sp2dpo.core.sampling import seeded_subset
-from sp2dpo.evaluate.evalfiles import iter_jsonl
 from sp2dpo.evaluate.ifeval_checkers import build_checker, deterministic, registry, seed_for
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class IFEvalPrompt:
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(FILE:LINE, record)`` for each non-blank line of a .jsonl / .jsonl.gz
-    (:func:`sp2dpo.evaluate.evalfiles.iter_jsonl`, raising :class:`IFEvalInputError`; an empty
+    (:func:`sp2dpo.core.jsonio.iter_jsonl`, raising :class:`IFEvalInputError`; an empty
     file is left to the caller)."""
     name = path.name.lower()
     if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz")):

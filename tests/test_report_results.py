@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 
 from sp2dpo.report import results
+from tests.conftest import ROOT
+
+#: Golden cases: ``<case>/eval/*.json`` in, ``<case>/expected/`` the files the pre-spec code wrote.
+GOLDEN = ROOT / "tests" / "golden" / "report_results"
+GOLDEN_CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "eval").is_dir())
 
 
 def _entry(lc, wr, strict=0.5):
@@ -101,3 +108,48 @@ def test_mt_bench_and_arena_hard_tables_in_the_papers_order(tmp_path):
     assert "| Base (instruction-tuned) | smollm2 | — | — | — |" in md  # no MT-Bench run: dashes
     assert md.index("Arena-Hard-Auto") < md.index("Held-out preference accuracy")
     assert "| SP²DPO (JMAMP) | smollm2 | 16 | 0.562 | [0.312, 0.812] | 0.042 | [-0.010, 0.090] | 0.375 |" in md
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES)
+def test_golden_reports_render_byte_identical(tmp_path, case):
+    """Each golden input renders to the exact bytes the hand-written tables wrote (README there)."""
+    shutil.copytree(GOLDEN / case / "eval", tmp_path / "eval")
+    results.write_results(tmp_path)
+    for name in ("eval.md", "eval.json", "eval_plot.csv"):
+        expected = (GOLDEN / case / "expected" / name).read_bytes()
+        assert (tmp_path / name).read_bytes() == expected, f"{case}/{name} differs from the golden file"
+
+
+def test_golden_cases_cover_every_table_and_gap():
+    """The golden cases render every suite's table, an absent suite, and skipped rows."""
+    assert {"workspace", "two_students", "no_alpaca", "alpaca_only"} <= set(GOLDEN_CASES)
+    md = {case: (GOLDEN / case / "expected" / "eval.md").read_text() for case in GOLDEN_CASES}
+    assert "AlpacaEval 2.0" not in md["no_alpaca"] and "MT-Bench" not in md["alpaca_only"]
+    assert "| zz_custom | smollm2 | None | 0.500 |" in md["two_students"]  # prefeval n missing
+    assert "| DPO (global β) | smollm2 | — | — | — |" in md["two_students"]  # no MT-Bench run
+
+
+def test_a_new_suite_is_one_spec_entry(monkeypatch, tmp_path):
+    """One more :class:`results.SuiteTable` both keeps the suite's numbers and writes its table."""
+    extra = results.SuiteTable(
+        section="toy_bench", prefix="toy_", fields=("acc", "ci"),
+        caption=lambda combined: ["", "Toy bench:", ""],
+        columns=(results.Column("acc", "acc", results.number(1)),
+                 results.Column("CI", "ci", results.interval(1), "---")),
+        shown_if=("acc",),
+    )
+    monkeypatch.setattr(results, "SUITE_TABLES", (*results.SUITE_TABLES, extra))
+    entry = _entry(5.0, 6.0)
+    entry["toy_bench"] = {"acc": 2.5, "ci": [0.1, 0.4], "unused": 1}
+    _write(tmp_path / "eval", "smollm2", {"base": entry})
+    combined = results.write_results(tmp_path)
+    assert combined["smollm2"]["methods"]["base"]["toy_acc"] == 2.5
+    assert "toy_unused" not in combined["smollm2"]["methods"]["base"]
+    md = (tmp_path / "eval.md").read_text()
+    assert "Toy bench:\n\n| Method | Student | acc | CI |\n|---|---|---:|---|\n" in md
+    assert "| Base (instruction-tuned) | smollm2 | 2.5 | [0.1, 0.4] |" in md
+    assert md.index("Toy bench") < md.index("Judged instructions")  # footnotes stay last
+    combined["smollm2"]["methods"]["base"]["toy_acc"] = None  # no value anywhere: no table
+    assert "Toy bench" not in results.markdown(combined)
+    with pytest.raises(ValueError, match=r"toy_bench: table fields \['missing'\] not in `fields`"):
+        dataclasses.replace(extra, rows_need="missing")

@@ -9,12 +9,18 @@ Inputs: ``reports/eval/<student>.json`` (one per student, from ``eval@<student>`
   overall); IFEval accuracies; Arena-Hard-Auto (score with its 95% interval, verdict labels);
   then the held-out preference accuracy of ``sp2dpo prefeval`` (no judge);
 - ``reports/eval_plot.csv`` + ``reports/eval_plot.png``: the same numbers as a plot.
+
+Each suite is one :class:`SuiteTable` in :data:`SUITE_TABLES` (the fields :func:`combine` keeps,
+the caption, columns and layout :func:`markdown` writes): a new suite is one more entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +36,8 @@ METHOD_LABELS = {
 #: The Arena-Hard verdict labels in the table's column order (strongest for A first). The
 #: report's JSON sorts keys, so the counts are read by label, never in stored order.
 VERDICT_ORDER = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
-#: (key in the report, column label) of the IFEval table.
-IFEVAL_COLUMNS = [
-    ("prompt_level_strict_acc", "prompt strict"),
-    ("inst_level_strict_acc", "inst. strict"),
-    ("prompt_level_loose_acc", "prompt loose"),
-    ("inst_level_loose_acc", "inst. loose"),
-]
+#: A combined report: ``{"<student>": {"methods": {"<method>": {row key: value}}, ...}}``.
+Combined = dict[str, Any]
 
 
 def load_reports(folder: str | Path) -> dict[str, dict[str, Any]]:
@@ -52,41 +53,237 @@ def load_reports(folder: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def method_order(methods: set[str] | list[str]) -> list[str]:
+    """The paper's methods in :data:`METHOD_LABELS` order, then any other method by name."""
     known = [m for m in METHOD_LABELS if m in methods]
     return known + sorted(set(methods) - set(known))
 
 
-def combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The combined metrics: per student and method, LC/WR/IFEval numbers (percent)."""
-    out: dict[str, Any] = {}
+# ------------------------------------------------------------------------------ cell formats
+
+
+def _cell(value: Any, digits: int = 2) -> str:
+    """A number with ``digits`` decimals; a dash for a missing or NaN value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def _interval(ci: Any, digits: int = 2) -> str:
+    """``[low, high]`` with ``digits`` decimals; a dash for a missing interval."""
+    return "—" if not ci else f"[{_cell(ci[0], digits)}, {_cell(ci[1], digits)}]"
+
+
+def _verdicts(verdicts: Any) -> str:
+    """The Arena-Hard verdict counts in :data:`VERDICT_ORDER` (absent labels 0); a dash if none."""
+    return " / ".join(str(verdicts.get(label, 0)) for label in VERDICT_ORDER) if verdicts else "—"
+
+
+def _text(value: Any) -> str:
+    """The value as Python writes it (``None`` included)."""
+    return f"{value}"
+
+
+def number(digits: int = 2) -> Callable[[Any], str]:
+    """The format of a number cell with ``digits`` decimals."""
+    return functools.partial(_cell, digits=digits)
+
+
+def interval(digits: int = 2) -> Callable[[Any], str]:
+    """The format of a ``[low, high]`` interval cell with ``digits`` decimals."""
+    return functools.partial(_interval, digits=digits)
+
+
+# ------------------------------------------------------------------------------ the suite specs
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of a suite's table: header, the suite's field shown, its format, alignment."""
+
+    header: str
+    field: str
+    format: Callable[[Any], str] = _cell
+    align: str = "---:"
+
+
+#: Layouts of a suite's table: one row per method with each student's columns side by side (the
+#: paper's Table 2), or one row per method and student.
+STUDENT_COLUMNS = "student columns"
+METHOD_STUDENT_ROWS = "method x student rows"
+
+
+def _no_lines(combined: Combined) -> list[str]:
+    """No footnotes."""
+    return []
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteTable:
+    """One eval suite: what :func:`combine` keeps of it and how :func:`markdown` lays it out.
+
+    Attributes:
+        section: the suite's key in a method's entry of the eval report (``"mt_bench"``).
+        prefix: prepended to each field's name for its key in a combined row.
+        fields: the suite's values kept in the combined rows (``turn1``, ...).
+        scale: a factor applied to every non-missing value (fractions to percent), or None.
+        caption: the lines above the table (a leading blank line separates it from the last).
+        columns: the table's value columns, after ``Method`` (and ``Student``).
+        layout: :data:`STUDENT_COLUMNS` or :data:`METHOD_STUDENT_ROWS`.
+        shown_if: fields of which any student's method must have a value for the table to show.
+        rows_need: a field a row must have a value for to show (else every present method does).
+        footnotes: lines after every suite's table (the document's end), whether shown or not.
+    """
+
+    section: str
+    prefix: str
+    fields: tuple[str, ...]
+    caption: Callable[[Combined], list[str]]
+    columns: tuple[Column, ...]
+    layout: str = METHOD_STUDENT_ROWS
+    shown_if: tuple[str, ...] = ()
+    rows_need: str | None = None
+    scale: float | None = None
+    footnotes: Callable[[Combined], list[str]] = _no_lines
+
+    def __post_init__(self) -> None:
+        if self.layout not in (STUDENT_COLUMNS, METHOD_STUDENT_ROWS):
+            raise ValueError(f"{self.section}: unknown table layout {self.layout!r}")
+        used = {col.field for col in self.columns} | set(self.shown_if)
+        if self.rows_need is not None:
+            used.add(self.rows_need)
+        if not used <= set(self.fields):
+            raise ValueError(f"{self.section}: table fields {sorted(used - set(self.fields))} not in `fields`")
+
+    def key(self, field: str) -> str:
+        """The combined row's key of one of the suite's fields."""
+        return self.prefix + field
+
+    def flatten(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The suite's part of a combined row, from a method's entry of the eval report."""
+        values = entry.get(self.section) or {}
+        row = {}
+        for field in self.fields:
+            value = values.get(field)
+            row[self.key(field)] = value if value is None or self.scale is None else self.scale * value
+        return row
+
+    def shown(self, combined: Combined) -> bool:
+        """Whether any student's method has a value for one of :attr:`shown_if`."""
+        return any(_any(combined, self.key(field)) for field in self.shown_if)
+
+
+def _caption(text: str) -> Callable[[Combined], list[str]]:
+    """A fixed caption: a blank line, the text, a blank line."""
+    return lambda combined: ["", text, ""]
+
+
+def _alpaca_caption(combined: Combined) -> list[str]:
+    """The judges and the LC method(s) of Table 2."""
+    lc_notes = sorted({str(data["length_controlled_method"]) for data in combined.values()})
+    judges = sorted({str(data["judge"]) for data in combined.values()})
+    offline = " (an offline estimate, not the official LC: see docs/stages.md, eval)"
+    return [
+        "AlpacaEval 2.0: length-controlled win rate (LC%) and raw win rate (WR%) against the "
+        "gpt4_1106_preview reference, judged by " + ", ".join(f"`{j}`" for j in judges) + ".",
+        "LC method: " + ", ".join(f"`{n}`" for n in lc_notes)
+        + (offline if any("offline" in n for n in lc_notes) else "") + ".",
+        "",
+    ]
+
+
+def _alpaca_footnotes(combined: Combined) -> list[str]:
+    """The judged instructions per model and every method's LC note."""
+    lines = []
+    rows = [row for data in combined.values() for row in data["methods"].values()]
+    if _any(combined, "win_rate"):
+        n = sorted({row.get("n_total") for row in rows}, key=str)
+        lines += ["", f"Judged instructions per model: {', '.join(str(x) for x in n)}."]
+    notes = sorted({
+        f"{s}/{m}: {row['length_controlled_note']}"
+        for s, data in combined.items() for m, row in data["methods"].items() if row.get("length_controlled_note")
+    })
+    if notes:
+        lines += ["", "LC notes:", "", *[f"- {note}" for note in notes]]
+    return lines
+
+
+#: The suites in the paper's reporting order: :func:`combine` flattens each, :func:`markdown`
+#: writes each one's table in this order. A new suite is one more entry.
+SUITE_TABLES: tuple[SuiteTable, ...] = (
+    SuiteTable(
+        section="alpaca_eval",
+        prefix="",
+        fields=("length_controlled_winrate", "length_controlled_note", "win_rate", "standard_error",
+                "discrete_win_rate", "avg_length", "n_total"),
+        caption=_alpaca_caption,
+        columns=(Column("LC", "length_controlled_winrate"), Column("WR", "win_rate")),
+        layout=STUDENT_COLUMNS,
+        shown_if=("win_rate",),
+        footnotes=_alpaca_footnotes,
+    ),
+    SuiteTable(
+        section="mt_bench",
+        prefix="mt_bench_",
+        fields=("turn1", "turn2", "score"),
+        caption=_caption("MT-Bench (single-answer grading 1-10, FastChat's templates; mean over the "
+                         "judged turns):"),
+        columns=(Column("turn 1", "turn1"), Column("turn 2", "turn2"), Column("score", "score")),
+        shown_if=("score",),
+    ),
+    SuiteTable(
+        section="ifeval",
+        prefix="ifeval_",
+        fields=("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
+                "inst_level_loose_acc"),
+        scale=100.0,
+        caption=_caption("IFEval (offline, rule-based; accuracy %):"),
+        columns=(Column("prompt strict", "prompt_level_strict_acc"),
+                 Column("inst. strict", "inst_level_strict_acc"),
+                 Column("prompt loose", "prompt_level_loose_acc"),
+                 Column("inst. loose", "inst_level_loose_acc")),
+        shown_if=("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
+                  "inst_level_loose_acc"),
+    ),
+    SuiteTable(
+        section="arena_hard",
+        prefix="arena_hard_",
+        fields=("score", "ci", "verdicts"),
+        caption=_caption("Arena-Hard-Auto v0.1 (win rate % against gpt-4-0314, Bradley-Terry over "
+                         "both games of every prompt, 95% bootstrap interval; the judge's raw labels "
+                         "over both games, A>>B / A>B / A=B / B>A / B>>A, where game 1 shows the "
+                         "baseline as A and game 2 the model):"),
+        columns=(Column("score", "score"), Column("95% CI", "ci", interval(2), "---"),
+                 Column("verdicts", "verdicts", _verdicts, "---")),
+        shown_if=("score",),
+    ),
+    SuiteTable(
+        section="prefeval",
+        prefix="prefeval_",
+        fields=("n", "accuracy", "accuracy_ci", "mean_margin", "mean_margin_ci", "likelihood_accuracy"),
+        caption=_caption("Held-out preference accuracy (`sp2dpo prefeval`: implicit-reward margin "
+                         "against the model without adapter, ties 1/2; likelihood accuracy is "
+                         "reference-free; 95% bootstrap intervals):"),
+        columns=(Column("pairs", "n", _text), Column("accuracy", "accuracy", number(3)),
+                 Column("95% CI", "accuracy_ci", interval(3), "---"),
+                 Column("mean margin", "mean_margin", number(3)),
+                 Column("95% CI", "mean_margin_ci", interval(3), "---"),
+                 Column("likelihood acc.", "likelihood_accuracy", number(3))),
+        shown_if=("accuracy",),
+        rows_need="accuracy",
+    ),
+)
+
+
+# ------------------------------------------------------------------------------ combine and render
+
+
+def combine(reports: dict[str, dict[str, Any]]) -> Combined:
+    """The combined metrics: per student and method, every suite's fields (:data:`SUITE_TABLES`)."""
+    out: Combined = {}
     for student, report in reports.items():
         rows = {}
         for method, entry in report["methods"].items():
-            ae = entry.get("alpaca_eval", {})
-            row = {
-                "length_controlled_winrate": ae.get("length_controlled_winrate"),
-                "length_controlled_note": ae.get("length_controlled_note"),
-                "win_rate": ae.get("win_rate"),
-                "standard_error": ae.get("standard_error"),
-                "discrete_win_rate": ae.get("discrete_win_rate"),
-                "avg_length": ae.get("avg_length"),
-                "n_total": ae.get("n_total"),
-            }
-            mt = entry.get("mt_bench") or {}
-            for key in ("turn1", "turn2", "score"):
-                row[f"mt_bench_{key}"] = mt.get(key)
-            for key, _ in IFEVAL_COLUMNS:
-                value = (entry.get("ifeval") or {}).get(key)
-                row[f"ifeval_{key}"] = None if value is None else 100.0 * value
-            pe = entry.get("prefeval") or {}
-            for key in ("n", "accuracy", "accuracy_ci", "mean_margin", "mean_margin_ci",
-                        "likelihood_accuracy"):
-                row[f"prefeval_{key}"] = pe.get(key)
-            ah = entry.get("arena_hard") or {}
-            row["arena_hard_score"] = ah.get("score")
-            row["arena_hard_ci"] = ah.get("ci")
-            row["arena_hard_verdicts"] = ah.get("verdicts")
-            rows[method] = row
+            rows[method] = {k: v for suite in SUITE_TABLES for k, v in suite.flatten(entry).items()}
         out[student] = {
             "methods": rows,
             "length_controlled_method": report.get("length_controlled_method"),
@@ -95,115 +292,46 @@ def combine(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _any(combined: dict[str, Any], key: str) -> bool:
+def _any(combined: Combined, key: str) -> bool:
     """Whether any student's method has a value for ``key``."""
     return any(row.get(key) is not None for data in combined.values() for row in data["methods"].values())
 
 
-def _interval(ci: Any, digits: int = 2) -> str:
-    return "—" if not ci else f"[{_cell(ci[0], digits)}, {_cell(ci[1], digits)}]"
+def _table(suite: SuiteTable, combined: Combined, methods: list[str]) -> list[str]:
+    """One suite's table (without its caption), in the suite's layout."""
+    students = list(combined)
 
+    def cells(row: dict[str, Any]) -> list[str]:
+        return [col.format(row.get(suite.key(col.field))) for col in suite.columns]
 
-def _cell(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.{digits}f}"
-
-
-def _alpaca_table(combined: dict[str, Any], students: list[str], methods: list[str]) -> list[str]:
-    """Table 2: AlpacaEval 2.0 LC and WR per student, with the judge and the LC method."""
-    lc_notes = sorted({str(combined[s]["length_controlled_method"]) for s in students})
-    judges = sorted({str(combined[s]["judge"]) for s in students})
-    lines = [
-        "AlpacaEval 2.0: length-controlled win rate (LC%) and raw win rate (WR%) against the "
-        "gpt4_1106_preview reference, judged by " + ", ".join(f"`{j}`" for j in judges) + ".",
-        "LC method: " + ", ".join(f"`{n}`" for n in lc_notes)
-        + (" (an offline estimate, not the official LC: see docs/stages.md, eval)" if any("offline" in n for n in lc_notes) else "")
-        + ".",
-        "",
-    ]
-    head = "| Method | " + " | ".join(f"{s} LC | {s} WR" for s in students) + " |"
-    lines += [head, "|---|" + "---:|---:|" * len(students)]
+    if suite.layout == STUDENT_COLUMNS:
+        heads = [f"{s} {col.header}" for s in students for col in suite.columns]
+        lines = ["| Method | " + " | ".join(heads) + " |",
+                 "|---|" + "".join(f"{col.align}|" for _ in students for col in suite.columns)]
+        for method in methods:
+            row_cells = [c for s in students for c in cells(combined[s]["methods"].get(method, {}))]
+            lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(row_cells) + " |")
+        return lines
+    lines = ["| Method | Student | " + " | ".join(col.header for col in suite.columns) + " |",
+             "|---|---|" + "".join(f"{col.align}|" for col in suite.columns)]
     for method in methods:
-        cells = []
         for s in students:
-            row = combined[s]["methods"].get(method, {})
-            cells += [_cell(row.get("length_controlled_winrate")), _cell(row.get("win_rate"))]
-        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+            row = combined[s]["methods"].get(method)
+            if row is None or (suite.rows_need is not None and row.get(suite.key(suite.rows_need)) is None):
+                continue
+            lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | " + " | ".join(cells(row)) + " |")
     return lines
 
 
-def markdown(combined: dict[str, Any]) -> str:
-    """Table 2 (LC and WR per student) and the IFEval table, as markdown."""
-    students = list(combined)
-    methods = method_order({m for s in students for m in combined[s]["methods"]})
+def markdown(combined: Combined) -> str:
+    """Every shown suite's table in :data:`SUITE_TABLES` order, then their footnotes, as markdown."""
+    methods = method_order({m for data in combined.values() for m in data["methods"]})
     lines = ["# Evaluation results", ""]
-    if _any(combined, "win_rate"):
-        lines += _alpaca_table(combined, students, methods)
-    if _any(combined, "mt_bench_score"):
-        lines += ["", "MT-Bench (single-answer grading 1-10, FastChat's templates; mean over the "
-                  "judged turns):", ""]
-        lines += ["| Method | Student | turn 1 | turn 2 | score |", "|---|---|---:|---:|---:|"]
-        for method in methods:
-            for s in students:
-                row = combined[s]["methods"].get(method)
-                if row is None:
-                    continue
-                cells = [_cell(row.get(f"mt_bench_{k}")) for k in ("turn1", "turn2", "score")]
-                lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | " + " | ".join(cells) + " |")
-    if any(_any(combined, f"ifeval_{key}") for key, _ in IFEVAL_COLUMNS):
-        lines += ["", "IFEval (offline, rule-based; accuracy %):", ""]
-        head = "| Method | Student | " + " | ".join(label for _, label in IFEVAL_COLUMNS) + " |"
-        lines += [head, "|---|---|" + "---:|" * len(IFEVAL_COLUMNS)]
-        for method in methods:
-            for s in students:
-                row = combined[s]["methods"].get(method)
-                if row is None:
-                    continue
-                cells = [_cell(row.get(f"ifeval_{key}")) for key, _ in IFEVAL_COLUMNS]
-                lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | " + " | ".join(cells) + " |")
-    if _any(combined, "arena_hard_score"):
-        lines += ["", "Arena-Hard-Auto v0.1 (win rate % against gpt-4-0314, Bradley-Terry over both "
-                  "games of every prompt, 95% bootstrap interval; the judge's raw labels over both "
-                  "games, A>>B / A>B / A=B / B>A / B>>A, where game 1 shows the baseline as A and "
-                  "game 2 the model):", ""]
-        lines += ["| Method | Student | score | 95% CI | verdicts |", "|---|---|---:|---|---|"]
-        for method in methods:
-            for s in students:
-                row = combined[s]["methods"].get(method)
-                if row is None:
-                    continue
-                interval = _interval(row.get("arena_hard_ci"))
-                verdicts = row.get("arena_hard_verdicts") or {}
-                counts = " / ".join(str(verdicts.get(label, 0)) for label in VERDICT_ORDER) if verdicts else "—"
-                lines.append(f"| {METHOD_LABELS.get(method, method)} | {s} | "
-                             f"{_cell(row.get('arena_hard_score'))} | {interval} | {counts} |")
-    if _any(combined, "prefeval_accuracy"):
-        lines += ["", "Held-out preference accuracy (`sp2dpo prefeval`: implicit-reward margin against "
-                  "the model without adapter, ties 1/2; likelihood accuracy is reference-free; 95% "
-                  "bootstrap intervals):", ""]
-        lines += ["| Method | Student | pairs | accuracy | 95% CI | mean margin | 95% CI | "
-                  "likelihood acc. |", "|---|---|---:|---:|---|---:|---|---:|"]
-        for method in methods:
-            for s in students:
-                row = combined[s]["methods"].get(method)
-                if row is None or row.get("prefeval_accuracy") is None:
-                    continue
-                lines.append(
-                    f"| {METHOD_LABELS.get(method, method)} | {s} | {row['prefeval_n']} | "
-                    f"{_cell(row['prefeval_accuracy'], 3)} | {_interval(row['prefeval_accuracy_ci'], 3)} | "
-                    f"{_cell(row['prefeval_mean_margin'], 3)} | {_interval(row['prefeval_mean_margin_ci'], 3)} | "
-                    f"{_cell(row['prefeval_likelihood_accuracy'], 3)} |"
-                )
-    if _any(combined, "win_rate"):
-        n = sorted({combined[s]["methods"][m].get("n_total") for s in students for m in combined[s]["methods"]}, key=str)
-        lines += ["", f"Judged instructions per model: {', '.join(str(x) for x in n)}."]
-    notes = sorted({
-        f"{s}/{m}: {row['length_controlled_note']}"
-        for s in students for m, row in combined[s]["methods"].items() if row.get("length_controlled_note")
-    })
-    if notes:
-        lines += ["", "LC notes:", "", *[f"- {note}" for note in notes]]
+    for suite in SUITE_TABLES:
+        if suite.shown(combined):
+            lines += suite.caption(combined) + _table(suite, combined, methods)
+    for suite in SUITE_TABLES:
+        lines += suite.footnotes(combined)
     lines.append("")
     return "\n".join(lines)
 

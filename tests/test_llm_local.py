@@ -1,4 +1,4 @@
-"""Tests of the in-process teacher (`sp2dpo.llm.local`).
+"""Tests of the in-process teacher (`sp2dpo.llm.local` and the modules it builds on).
 
 The slow tests load both packaged models for real (one judge per model, shared by the module)
 and keep inputs short; only the tie-break test feeds hand-made scores, because a real model
@@ -14,11 +14,11 @@ import os
 import pytest
 
 from sp2dpo.core.schemas import CATEGORIES
-from sp2dpo.llm import local
+from sp2dpo.llm import gap_answer, local, prompt_fit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-KEYS = {local.CATEGORY_KEY, local.MAGNITUDE_KEY, local.CONFIDENCE_KEY}
+KEYS = {gap_answer.CATEGORY_KEY, gap_answer.MAGNITUDE_KEY, gap_answer.CONFIDENCE_KEY}
 
 SYSTEM = (
     "You audit preference pairs for DPO training. Name the single category in which the Winner "
@@ -81,48 +81,48 @@ def test_tie_goes_to_the_first_category_in_priority_order():
     """A hand-made score table: real models never tie exactly, so the tie is faked here."""
     scores = dict.fromkeys(CATEGORIES, -5.0)
     scores["Style"] = scores["Reasoning"] = scores["Factuality"] = -1.0
-    assert local.pick_category(scores) == "Factuality"
-    assert local.pick_category(dict.fromkeys(CATEGORIES, 0.0)) == "Safety"
+    assert gap_answer.pick_category(scores) == "Factuality"
+    assert gap_answer.pick_category(dict.fromkeys(CATEGORIES, 0.0)) == "Safety"
 
 
 def test_pick_category_takes_the_argmax_and_needs_every_category():
     scores = {name: -float(i) for i, name in enumerate(reversed(CATEGORIES))}
-    assert local.pick_category(scores) == "Style"
+    assert gap_answer.pick_category(scores) == "Style"
     with pytest.raises(ValueError, match="no score for categories"):
-        local.pick_category({"Safety": 0.0})
+        gap_answer.pick_category({"Safety": 0.0})
 
 
 def test_grid_probabilities_and_mean():
-    grid = local.GRID
+    grid = gap_answer.GRID
     assert grid == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     # A one-hot distribution gives the grid value itself.
     for k, value in enumerate(grid):
         one_hot = [1.0 if i == k else 0.0 for i in range(len(grid))]
-        assert local.grid_mean(one_hot) == value
+        assert gap_answer.grid_mean(one_hot) == value
     # Uniform log-probs: uniform distribution, mean 0.5, invariant to a common shift.
-    uniform = local.grid_probabilities([-3.0] * len(grid))
+    uniform = gap_answer.grid_probabilities([-3.0] * len(grid))
     assert uniform == pytest.approx([1 / len(grid)] * len(grid))
-    assert local.grid_mean(uniform) == 0.5
+    assert gap_answer.grid_mean(uniform) == 0.5
     # Two values with probabilities 0.6 and 0.4 (shifted log-probs): 0.6 * 0.2 + 0.4 * 0.9 = 0.48.
     logprobs = [-1e9] * len(grid)
     logprobs[2], logprobs[9] = math.log(0.6) - 7.0, math.log(0.4) - 7.0
-    probs = local.grid_probabilities(logprobs)
+    probs = gap_answer.grid_probabilities(logprobs)
     assert sum(probs) == pytest.approx(1.0)
-    assert local.grid_mean(probs) == 0.48
+    assert gap_answer.grid_mean(probs) == 0.48
     with pytest.raises(ValueError, match="probabilities for a grid"):
-        local.grid_mean([1.0])
+        gap_answer.grid_mean([1.0])
     with pytest.raises(ValueError, match="finite"):
-        local.grid_probabilities([0.0, math.nan])
+        gap_answer.grid_probabilities([0.0, math.nan])
 
 
 def test_format_answer_has_exactly_the_three_keys():
-    text = local.format_answer("Reasoning", 0.37, 1.0)
+    text = gap_answer.format_answer("Reasoning", 0.37, 1.0)
     assert json.loads(text) == {
-        local.CATEGORY_KEY: "Reasoning",
-        local.MAGNITUDE_KEY: 0.37,
-        local.CONFIDENCE_KEY: 1.0,
+        gap_answer.CATEGORY_KEY: "Reasoning",
+        gap_answer.MAGNITUDE_KEY: 0.37,
+        gap_answer.CONFIDENCE_KEY: 1.0,
     }
-    assert text.startswith(local.CATEGORY_CUE)
+    assert text.startswith(gap_answer.CATEGORY_CUE)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_format_answer_has_exactly_the_three_keys():
     ],
 )
 def test_split_fields_keeps_delimiters_and_multi_paragraph_responses_whole(text):
-    pieces = local.split_fields(text)
+    pieces = prompt_fit.split_fields(text)
     assert "".join(piece for piece, _ in pieces) == text
     fields = [piece for piece, is_field in pieces if is_field]
     assert any("\n\n" in field for field in fields)  # a response with a blank line is one field
@@ -147,7 +147,7 @@ def test_split_fields_keeps_delimiters_and_multi_paragraph_responses_whole(text)
 
 def test_split_fields_falls_back_to_paragraphs_without_delimiters():
     text = "first paragraph\nstill first\n\n\nsecond one"
-    assert local.split_fields(text) == [
+    assert prompt_fit.split_fields(text) == [
         ("first paragraph\nstill first", True),
         ("\n\n\n", False),
         ("second one", True),
@@ -155,7 +155,7 @@ def test_split_fields_falls_back_to_paragraphs_without_delimiters():
 
 
 def test_render_plain_is_role_blocks_then_the_assistant_cue():
-    text = local.render_plain(FACTUAL)
+    text = prompt_fit.render_plain(FACTUAL)
     assert text.startswith(f"System:\n{SYSTEM}\n\nUser:\nAnalyze this preference pair.\n")
     assert text.endswith(f"{INSTRUCTION}\n\n\nAssistant:\n")
 
@@ -192,17 +192,17 @@ def check_answer(judge: local.LocalScorer, scores: local.LocalScores) -> dict:
     parsed = parse_judgement(scores.judgement.text)  # the shared parser of every backend
     assert parsed.status == "ok", parsed.error
     assert (parsed.category, parsed.magnitude, parsed.confidence) == tuple(
-        answer[k] for k in (local.CATEGORY_KEY, local.MAGNITUDE_KEY, local.CONFIDENCE_KEY)
+        answer[k] for k in (gap_answer.CATEGORY_KEY, gap_answer.MAGNITUDE_KEY, gap_answer.CONFIDENCE_KEY)
     )
     assert set(answer) == KEYS
-    assert answer[local.CATEGORY_KEY] in CATEGORIES
-    for key in (local.MAGNITUDE_KEY, local.CONFIDENCE_KEY):
+    assert answer[gap_answer.CATEGORY_KEY] in CATEGORIES
+    for key in (gap_answer.MAGNITUDE_KEY, gap_answer.CONFIDENCE_KEY):
         assert isinstance(answer[key], float)
         assert 0.0 <= answer[key] <= 1.0
-        assert answer[key] == round(answer[key], local.DECIMALS)
-    assert answer[local.CATEGORY_KEY] == local.pick_category(scores.category_logprobs)
-    assert answer[local.MAGNITUDE_KEY] == local.grid_mean(scores.magnitude_probs)
-    assert answer[local.CONFIDENCE_KEY] == local.grid_mean(scores.confidence_probs)
+        assert answer[key] == round(answer[key], gap_answer.DECIMALS)
+    assert answer[gap_answer.CATEGORY_KEY] == gap_answer.pick_category(scores.category_logprobs)
+    assert answer[gap_answer.MAGNITUDE_KEY] == gap_answer.grid_mean(scores.magnitude_probs)
+    assert answer[gap_answer.CONFIDENCE_KEY] == gap_answer.grid_mean(scores.confidence_probs)
     assert sum(scores.magnitude_probs) == pytest.approx(1.0)
     assert scores.judgement.prompt_tokens == len(judge.encode(scores.prompt))
     assert scores.judgement.completion_tokens == len(
@@ -218,7 +218,7 @@ def test_answer_is_valid_json_with_the_three_fields(judge, factual):
     if judge.uses_chat_template:
         assert factual.prompt.endswith("<|im_start|>assistant\n")
     else:  # gemma-3-270m is a base model: plain layout, <bos> added by the tokenizer
-        assert factual.prompt == local.render_plain(FACTUAL)
+        assert factual.prompt == prompt_fit.render_plain(FACTUAL)
         assert judge.encode(factual.prompt)[0] == judge.tokenizer.bos_token_id
 
 
@@ -246,7 +246,7 @@ def test_long_input_is_trimmed_within_budget_keeping_instruction_and_cue(judge, 
     assert SYSTEM in prompt
     assert f"</loser>\n\n{INSTRUCTION}\n" in prompt
     # Both long fields lost their middle; each block kept its markers and both ends.
-    assert prompt.count(local.TRUNCATION_MARKER) == 2
+    assert prompt.count(prompt_fit.TRUNCATION_MARKER) == 2
     for marker in ("<prompt>", "</prompt>", "<winner>", "</winner>", "<loser>", "</loser>"):
         assert prompt.count(marker) == 1
     assert "<winner>\nSentence 0: " in prompt and "Sentence 299: " in prompt
@@ -269,17 +269,17 @@ def test_trie_scores_equal_a_plain_forward_pass(judge, long_scores):
     import torch
 
     answer = json.loads(long_scores.judgement.text)
-    category = answer[local.CATEGORY_KEY]
-    cat_context = long_scores.prompt + local.CATEGORY_CUE
+    category = answer[gap_answer.CATEGORY_KEY]
+    cat_context = long_scores.prompt + gap_answer.CATEGORY_CUE
     conf_context = (
-        f'{cat_context}{category}", "{local.MAGNITUDE_KEY}": '
-        f'{json.dumps(answer[local.MAGNITUDE_KEY])}, "{local.CONFIDENCE_KEY}":'
+        f'{cat_context}{category}", "{gap_answer.MAGNITUDE_KEY}": '
+        f'{json.dumps(answer[gap_answer.MAGNITUDE_KEY])}, "{gap_answer.CONFIDENCE_KEY}":'
     )
     k = 5  # the grid value 0.5
     spans = {}
     for name, context, candidates, index in (
         ("category", cat_context, [f'{c}",' for c in CATEGORIES], CATEGORIES.index(category)),
-        ("confidence", conf_context, [f" {json.dumps(v)}}}" for v in local.GRID], k),
+        ("confidence", conf_context, [f" {json.dumps(v)}}}" for v in gap_answer.GRID], k),
     ):
         seqs = [judge.encode(context + c) for c in candidates]
         shared = min(len(s) for s in seqs)
@@ -321,7 +321,7 @@ def test_fit_prompt_cuts_the_whole_text_when_paragraphs_alone_cannot_fit(judge):
     many = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
     prompt, n_tokens, is_truncated = judge.fit_prompt(many, max_tokens=300)
     assert is_truncated and n_tokens <= 300
-    assert prompt.count(local.TRUNCATION_MARKER) == 1
+    assert prompt.count(prompt_fit.TRUNCATION_MARKER) == 1
     assert prompt.count(INSTRUCTION) == 1
     with pytest.raises(ValueError, match="too small"):
         judge.fit_prompt(many, max_tokens=20)

@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
+from sp2dpo.core.config import ConfigError
 from sp2dpo.llm.callstore import CallStore
-from sp2dpo.llm.teachers import signature
 from tests.conftest import annotate_file
 from tests.fault_server import params
 
@@ -23,12 +22,6 @@ def test_too_small_input_budget_is_a_config_error_naming_the_teacher(tmp_path):
     with pytest.raises(ConfigError, match="teacher 'smollm2': max_input_tokens=64 is too small"):
         annotate_file(tmp_path / "params.yaml", tmp_path / "pairs.parquet", tmp_path / "c.parquet", report=None)
     assert not CallStore(tmp_path / "c").read()
-
-
-def test_local_signature_tracks_the_scorer_source():
-    sig = signature(TeacherConfig(**LOCAL), DecodingConfig())
-    assert sig["backend"] == "local" and len(sig["scorer_sha256"]) == 64
-    assert sig["seed"] == 42 and sig["max_input_tokens"] == 640
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ the suite's own rule (:func:`sp2dpo.evaluate.mtbench.parse_rating`,
   ``unparseable`` (a failed judgment, dropped from the scores as the official scripts drop it);
 - ``local``: a small in-process model cannot be trusted to write an evaluation and then a label,
   so it is asked for the label directly: after the prompt and the cue ``[[``, the label whose
-  whole continuation ``label]]`` is the most probable (:func:`sp2dpo.llm.choice.choose`). The
+  whole continuation ``label]]`` is the most probable (:func:`sp2dpo.llm.logprobs.choose`). The
   log-probabilities of every label are kept.
 
 Every call goes through the eval call store (:class:`sp2dpo.evaluate.calls.EvalCalls`): a call
@@ -154,7 +154,7 @@ class LabelGrader:
     # ------------------------------------------------------------------------------ backends
 
     def _grade_local(self, question: Question) -> dict[str, Any]:
-        from sp2dpo.llm.choice import choose
+        from sp2dpo.llm.logprobs import choose
 
         with self._lock:
             if self._local is None:

@@ -19,7 +19,8 @@ from typing import Any
 
 from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
 from sp2dpo.evaluate.calls import text_sha256
-from sp2dpo.llm.local import LocalScorer, cut_middle
+from sp2dpo.llm.local import LocalScorer
+from sp2dpo.llm.prompt_fit import cut_middle
 from sp2dpo.llm.teachers import HttpBackend, RetryingCaller, signature
 
 #: The two single-token labels: the first shown output is ``A``, the second ``B``.

@@ -12,18 +12,15 @@ The local backend is deterministic, so its invalid outputs are not retried.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
-from sp2dpo.llm import local
 from sp2dpo.llm.client import Attempt, AuthError, OpenAICompatibleClient, request_fields
-from sp2dpo.llm.local import LocalScorer
+from sp2dpo.llm.local import SCORER_VERSION, LocalScorer
 from sp2dpo.llm.parse import parse_judgement
 
 #: One local model computes at a time: the CPU is shared and models are not thread-safe.
@@ -68,7 +65,11 @@ TRANSIENT_STATUSES = frozenset({"http_error", "timeout"})
 
 
 def signature(teacher: TeacherConfig, decoding: DecodingConfig) -> dict[str, Any]:
-    """The request signature that enters the call-cache key (no secrets, no endpoint URL)."""
+    """The request signature that enters the call-cache key (no secrets, no endpoint URL).
+
+    A local teacher's names the scorer by :data:`sp2dpo.llm.local.SCORER_VERSION` (bumped when
+    its answers change), never by a hash of its code: a refactor keeps every stored call.
+    """
     if teacher.backend == "local":
         return {
             "backend": "local",
@@ -76,14 +77,9 @@ def signature(teacher: TeacherConfig, decoding: DecodingConfig) -> dict[str, Any
             "dtype": teacher.dtype,
             "max_input_tokens": teacher.max_input_tokens,
             "revision": teacher.revision,
-            "scorer_sha256": _local_scorer_sha256(),
+            "scorer_version": SCORER_VERSION,
         }
     return {"backend": "openai", **request_fields(teacher, decoding)}
-
-
-def _local_scorer_sha256() -> str:
-    """sha256 of the local scorer's source: a change to it re-annotates local teachers."""
-    return hashlib.sha256(Path(local.__file__).read_bytes()).hexdigest()
 
 
 class LocalBackend:

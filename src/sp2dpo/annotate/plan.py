@@ -18,6 +18,7 @@ from sp2dpo.annotate.prompts import Variant
 from sp2dpo.core.config import AnnotateConfig, DecodingConfig, TeacherConfig
 from sp2dpo.core.sampling import seeded_subset
 from sp2dpo.llm.callstore import content_sha256, request_key
+from sp2dpo.llm.costs import estimate_tokens, price_usd
 from sp2dpo.llm.teachers import TRANSIENT_STATUSES, signature
 
 
@@ -164,7 +165,7 @@ def estimate(
                 s.max_chars or math.inf)
             for s in todo
         )
-        tokens_in = math.ceil(chars / settings.chars_per_token)
+        tokens_in = estimate_tokens(chars, settings.chars_per_token, round_up=True)
         tokens_out = len(todo) * decoding.max_tokens
         per_teacher[teacher.id] = {
             "model": teacher.model,
@@ -175,9 +176,7 @@ def estimate(
             "input_tokens_est": tokens_in,
             "output_tokens_max": tokens_out,
             "truncated": sum(1 for s in todo if s.max_chars is not None),
-            "cost_usd_max": round(
-                (tokens_in * teacher.price_in_per_m + tokens_out * teacher.price_out_per_m) / 1e6, 4
-            ),
+            "cost_usd_max": round(price_usd(teacher, tokens_in, tokens_out), 4),
         }
     return {
         "pairs": len(pairs),

@@ -11,6 +11,8 @@
 - :mod:`~sp2dpo.llm.local`: the in-process teacher that writes that answer by log-probabilities
   (:data:`~sp2dpo.llm.local.SCORER_VERSION` names its behaviour in the call keys);
 - :mod:`~sp2dpo.llm.parse`: parsing a semantic-gap reply;
+- :mod:`~sp2dpo.llm.costs`: the characters-per-token estimate and the price formula of every
+  paid call;
 - :mod:`~sp2dpo.llm.callstore`: the append-only call store that doubles as the cache of
   every paid call (teachers, judges, answer servers);
 - :mod:`~sp2dpo.llm.teachers`: one retry-and-backoff loop over either backend.

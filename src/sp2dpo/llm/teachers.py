@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
 from sp2dpo.llm.client import Attempt, AuthError, OpenAICompatibleClient, request_fields
+from sp2dpo.llm.costs import CHARS_PER_TOKEN, estimate_tokens, price_usd
 from sp2dpo.llm.local import SCORER_VERSION, LocalScorer
 from sp2dpo.llm.parse import parse_judgement
 
@@ -127,15 +128,17 @@ class HttpBackend:
 
     retries_invalid = True
 
-    def __init__(self, teacher: TeacherConfig, decoding: DecodingConfig, chars_per_token: float) -> None:
+    def __init__(
+        self, teacher: TeacherConfig, decoding: DecodingConfig, chars_per_token: float = CHARS_PER_TOKEN
+    ) -> None:
         self.client = OpenAICompatibleClient(teacher, decoding)
         self.max_tokens = decoding.max_tokens
         self.chars_per_token = chars_per_token
         self.stop: threading.Event | None = None
 
     def send(self, messages: list[dict[str, str]]) -> Attempt:
-        chars = sum(len(m["content"]) for m in messages)
-        if not self.client.limiter.acquire(int(chars / self.chars_per_token) + self.max_tokens, self.stop):
+        tokens = estimate_tokens(messages, self.chars_per_token) + self.max_tokens
+        if not self.client.limiter.acquire(tokens, self.stop):
             return Attempt("aborted")
         return self.client.send(messages)
 
@@ -167,7 +170,7 @@ class RetryingCaller:
         cfg: TeacherConfig,
         decoding: DecodingConfig,
         *,
-        chars_per_token: float = 4.0,
+        chars_per_token: float = CHARS_PER_TOKEN,
         backend: Backend | None = None,
     ) -> None:
         self.cfg = cfg
@@ -280,9 +283,9 @@ class RetryingCaller:
         return result
 
     def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
-        """USD cost of the given token counts at this teacher's prices."""
-        return ((prompt_tokens or 0) * self.cfg.price_in_per_m
-                + (completion_tokens or 0) * self.cfg.price_out_per_m) / 1e6
+        """USD cost of the given token counts at this teacher's prices
+        (:func:`sp2dpo.llm.costs.price_usd`)."""
+        return price_usd(self.cfg, prompt_tokens, completion_tokens)
 
 
 def add_counts(total: int | None, value: int | None) -> int | None:

@@ -10,6 +10,7 @@ Import the names from here: ``from sp2dpo.core import config; config.load().trai
 
 from sp2dpo.core.config.aggregate import AggregateConfig, BetaConfig, EnvelopeConfig
 from sp2dpo.core.config.annotate import (
+    CHARS_PER_TOKEN,
     DECODE_PARAMS,
     TEACHER_PRESETS,
     AnnotateConfig,
@@ -55,6 +56,7 @@ from sp2dpo.core.config.train import (
 from sp2dpo.core.errors import ConfigError
 
 __all__ = [
+    "CHARS_PER_TOKEN",
     "DECODE_PARAMS",
     "DEFAULT_PARAMS",
     "DEFAULT_TEACHERS",

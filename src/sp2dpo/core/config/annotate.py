@@ -27,6 +27,11 @@ DECODE_PARAMS = (
 #: Endpoint presets of the OpenAI-compatible backend (``sp2dpo.llm.client.PRESETS``).
 TEACHER_PRESETS = ("openai", "dashscope", "gemini", "vllm", "transformers-serve", "generic")
 
+#: Characters per token of every prompt-size estimate from text (a conservative average for English
+#: text): the default of ``annotate.chars_per_token``, re-exported as
+#: :data:`sp2dpo.llm.costs.CHARS_PER_TOKEN` for the callers of the ``llm`` layer.
+CHARS_PER_TOKEN = 4.0
+
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -245,7 +250,7 @@ class AnnotateConfig:
     )
     progress: bool = field(True, "Show a progress bar (ETA, ok/failed counts, running cost).")
     chars_per_token: float = field(
-        4.0, "Characters per token used by `--estimate` and the tpm limiter to size prompts."
+        CHARS_PER_TOKEN, "Characters per token used by `--estimate` and the tpm limiter to size prompts."
     )
 
     def __post_init__(self) -> None:

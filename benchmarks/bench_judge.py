@@ -4,7 +4,8 @@ The scripted server of ``tests/fault_server.py`` answers every chat-completions 
 fixed delay (default 50 ms) with one label and its top logprobs, like an OpenAI judge asked for
 ``logprobs: true, top_logprobs: 5``. For each concurrency (``judge.max_concurrency``) the real
 code path runs: side order, prompt rendering, HTTP call (rate limiter, retry loop), logprob
-parsing, annotation records and the summary (:meth:`sp2dpo.evaluate.judge.PairwiseJudge.annotate`).
+parsing, annotation records and the summary (:meth:`sp2dpo.evaluate.judges.pairwise.PairwiseJudge.annotate`
+on :class:`sp2dpo.evaluate.judges.engine.JudgeEngine`).
 ``bound_items_per_s`` is concurrency / latency, the ideal; ``efficiency`` their ratio.
 
 Prints one JSON object. Usage:
@@ -26,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sp2dpo.core.config import DecodingConfig, TeacherConfig, build
-from sp2dpo.evaluate.judge import PairwiseJudge
+from sp2dpo.evaluate.judges.engine import JudgeEngine
+from sp2dpo.evaluate.judges.pairwise import PairwiseJudge
 from tests.fault_server import FaultServer
 
 
@@ -59,7 +61,7 @@ def bench(server: FaultServer, concurrency: int, n: int) -> dict:
         "base_url": server.base_url, "max_concurrency": concurrency,
         "extra_body": {"logprobs": True, "top_logprobs": 5}}, "judge")
     decoding = DecodingConfig(temperature=0.0, top_p=1.0, max_tokens=1, timeout_s=30.0)
-    runner = PairwiseJudge(judge, decoding)
+    runner = PairwiseJudge(JudgeEngine(judge), decoding)
     pairs = items(n)
     start = time.perf_counter()
     annotations, summary = runner.annotate(pairs)

@@ -249,7 +249,7 @@ def test_each_stage_imports_only_its_own_stage_package(stages):
 
 def test_template_folders_are_deps_of_the_stages_that_read_them(stages):
     from sp2dpo.core import config
-    from sp2dpo.evaluate.judge_backends import DEFAULT_PROMPTS_DIR
+    from sp2dpo.evaluate.judges.prompts import DEFAULT_PROMPTS_DIR
 
     deps = {name: d for name, _, d in stages}
     assert config.load(ROOT / "params.yaml").prompts.dir in deps["annotate"]

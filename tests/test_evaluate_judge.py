@@ -1,4 +1,4 @@
-"""Tests of the AlpacaEval 2.0 pairwise judge (`sp2dpo.evaluate.judge`).
+"""Tests of the AlpacaEval 2.0 pairwise judge (`sp2dpo.evaluate.judges.pairwise` on the engine).
 
 HTTP tests run against the scripted loopback server of `tests/fault_server.py`, whose
 ``responder`` plays a judge that finds the model's answer in the prompt and returns its label
@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 from sp2dpo.core.config import DecodingConfig, EvalConfig, TeacherConfig, build
-from sp2dpo.evaluate import judge as J
 from sp2dpo.evaluate.calls import EvalCalls
+from sp2dpo.evaluate.judges import pairwise as J
+from sp2dpo.evaluate.judges.engine import JudgeConflictError, JudgeEngine, check_judge_independent
+from sp2dpo.evaluate.judges.prompts import JudgePrompt
 from sp2dpo.llm.client import AuthError
 from tests.conftest import compose_params
 from tests.fault_server import FaultServer
@@ -56,6 +58,12 @@ def judge_responder(body: dict):
     top = [{"token": mine, "logprob": math.log(0.75)}, {"token": other, "logprob": math.log(0.25)},
            {"token": "The", "logprob": -12.0}]
     return mine, top
+
+
+def one(judge: J.PairwiseJudge, reference: dict, model: dict) -> dict:
+    """The annotation of one pair."""
+    [annotation], _ = judge.annotate([(reference, model)])
+    return annotation
 
 
 def http_judge(server: FaultServer, **overrides) -> TeacherConfig:
@@ -95,7 +103,7 @@ def test_side_order_is_deterministic_and_mixes():
 
 
 def test_judge_prompt_is_ours_and_labels_outputs():
-    prompt = J.JudgePrompt.load()
+    prompt = JudgePrompt.load()
     messages = prompt.messages("Say hi.", "first answer", "second answer")
     user = messages[1]["content"]
     assert "<answer_A>\nfirst answer\n</answer_A>" in user
@@ -112,17 +120,17 @@ def test_check_judge_independent():
 
     teachers = [entry("gemini", "models/gemini-2.5-flash"), entry("qwen", "qwen-max"),
                 entry("gemma", "local:gemma3-270m", "local")]
-    assert J.check_judge_independent(entry("j", "gpt-4-1106-preview"), teachers, False) is None
-    with pytest.raises(J.JudgeConflictError, match=r"teacher 'gemini'.*eval\.allow_teacher_judge"):
-        J.check_judge_independent(entry("j", "Gemini-2.5-Flash"), teachers, False)
-    assert issubclass(J.JudgeConflictError, ValueError)
+    assert check_judge_independent(entry("j", "gpt-4-1106-preview"), teachers, False) is None
+    with pytest.raises(JudgeConflictError, match=r"teacher 'gemini'.*eval\.allow_teacher_judge"):
+        check_judge_independent(entry("j", "Gemini-2.5-Flash"), teachers, False)
+    assert issubclass(JudgeConflictError, ValueError)
     # A local spec and the converted folder it resolves to are the same model.
     from sp2dpo.llm import models
 
     folder = str(models.cache_dir() / "models" / "gemma3-270m")
-    with pytest.raises(J.JudgeConflictError, match="teacher 'gemma'"):
-        J.check_judge_independent(entry("j", folder), teachers, False)
-    warning = J.check_judge_independent(entry("j", "QWEN-MAX"), teachers, True)
+    with pytest.raises(JudgeConflictError, match="teacher 'gemma'"):
+        check_judge_independent(entry("j", folder), teachers, False)
+    warning = check_judge_independent(entry("j", "QWEN-MAX"), teachers, True)
     assert "teacher 'qwen'" in warning and "allowed by eval.allow_teacher_judge" in warning
 
 
@@ -245,7 +253,7 @@ def test_pairs_must_share_the_instruction():
     ref, mod = pairs(1)[0]
     with pytest.raises(ValueError, match="pair mismatch"):
         J.run_judge([(ref, {**mod, "instruction": "other"})], EvalConfig().judge, FAST)
-    annotator = J.PairwiseJudge(EvalConfig().judge, FAST)
+    annotator = J.PairwiseJudge(JudgeEngine(EvalConfig().judge), FAST)
     with pytest.raises(ValueError, match="1 model outputs for 2 reference outputs"):
         J.annotate_pairs(annotator, [ref, ref], [mod])
 
@@ -253,12 +261,12 @@ def test_pairs_must_share_the_instruction():
 def test_annotate_pairs_and_stable_summary():
     items = pairs(4)
     with FaultServer(responder=judge_responder) as server:
-        annotator = J.PairwiseJudge(http_judge(server), FAST)
+        annotator = J.PairwiseJudge(JudgeEngine(http_judge(server)), FAST)
         by_seed = {
             seed: J.annotate_pairs(annotator, [r for r, _ in items], [m for _, m in items], seed=seed)
             for seed in (1, 2)
         }
-        annotator.close()
+        annotator.engine.close()
     for seed, (records, summary) in by_seed.items():
         assert [a["model_on_first_side"] for a in records] == [
             J.model_on_first_side(r["instruction"], seed) for r, _ in items]
@@ -274,7 +282,7 @@ def test_annotate_pairs_and_stable_summary():
 @pytest.fixture(scope="module")
 def local_judge():
     cfg = EvalConfig()
-    return J.PairwiseJudge(cfg.judge, cfg.judge_decoding, seed=42)
+    return J.PairwiseJudge(JudgeEngine(cfg.judge), cfg.judge_decoding, seed=42)
 
 
 @pytest.mark.slow
@@ -297,9 +305,8 @@ def test_local_judge_gemma_continuous_preferences(local_judge):
     item = items[0]
     seed = next(s for s in range(1, 50)
                 if J.model_on_first_side(item[0]["instruction"], s) != sides[0])
-    swapped = J.PairwiseJudge(local_judge.cfg, local_judge.decoding, seed=seed)
-    swapped._backend = local_judge.backend  # share the loaded model
-    other = swapped.annotate_one(*item)
+    swapped = J.PairwiseJudge(local_judge.engine, local_judge.decoding, seed=seed)  # shares the model
+    other = one(swapped, *item)
     assert other["model_on_first_side"] != annotations[0]["model_on_first_side"]
     assert 1.0 < other["preference"] < 2.0
     # The label probabilities follow the positions: the model's label swapped with its side.
@@ -314,37 +321,36 @@ def test_local_judge_gemma_continuous_preferences(local_judge):
 @pytest.mark.slow
 def test_local_judge_identical_outputs_skip_the_model(local_judge, monkeypatch):
     calls = []
-    backend = local_judge.backend
-    real = backend.judge
-    monkeypatch.setattr(backend, "judge", lambda *a: calls.append(a) or real(*a))
+    real = local_judge.ask_local
+    monkeypatch.setattr(local_judge, "ask_local", lambda *a: calls.append(a) or real(*a))
     ref, _ = pairs(1)[0]
-    annotation = local_judge.annotate_one(ref, {**ref, "generator": "copy"})
+    annotation = one(local_judge, ref, {**ref, "generator": "copy"})
     assert (annotation["preference"], annotation["status"], annotation["attempts"]) == (1.5, "identical", 0)
     assert calls == []
 
 
 @pytest.mark.slow
 def test_local_judge_trims_the_outputs_not_the_instruction(local_judge, monkeypatch):
-    backend = local_judge.backend
-    monkeypatch.setattr(backend.scorer, "max_input_tokens", 400)
+    scorer = local_judge.engine.scorer
+    monkeypatch.setattr(scorer, "max_input_tokens", 400)
     instruction = "Summarise the text below in one line. KEEP-THIS-INSTRUCTION"
     ref = {"instruction": instruction, "output": "alpha " * 600 + "OMEGA-END", "generator": "r"}
     mod = {"instruction": instruction, "output": "beta " * 900 + "MODEL-END", "generator": "m"}
-    annotation = local_judge.annotate_one(ref, mod)
+    annotation = one(local_judge, ref, mod)
     assert annotation["status"] == "ok" and annotation["is_truncated"] is True
     assert 1.0 < annotation["preference"] < 2.0
     first, second = (mod, ref) if annotation["model_on_first_side"] else (ref, mod)
-    ids, cut = backend.fit(local_judge.prompt, instruction, first["output"], second["output"])
-    text = backend.scorer.tokenizer.decode(ids)
+    ids, cut = local_judge.fit(scorer, instruction, first["output"], second["output"])
+    text = scorer.tokenizer.decode(ids)
     assert cut and len(ids) <= 400
     assert "KEEP-THIS-INSTRUCTION" in text and "OMEGA-END" in text and "MODEL-END" in text
     assert "[...]" in text and text.rstrip().endswith("Assistant:")
     assert "Reply with the single letter A or B and nothing else." in text
-    monkeypatch.setattr(backend.scorer, "max_input_tokens", 60)
+    monkeypatch.setattr(scorer, "max_input_tokens", 60)
     # The budget is patched on the loaded scorer, not in the judge entry that keys the call
     # store: start from an empty store, or the first verdict would be reused.
-    local_judge.calls = EvalCalls(None)
-    failed = local_judge.annotate_one(ref, mod)
+    local_judge.engine.calls = EvalCalls(None)
+    failed = one(local_judge, ref, mod)
     assert (failed["status"], failed["preference"]) == ("prompt_too_long", None)
 
 

@@ -19,9 +19,10 @@ import yaml
 
 from sp2dpo.core.config import EvalConfig, build
 from sp2dpo.core.errors import OutputPathError
-from sp2dpo.evaluate import judge as J
 from sp2dpo.evaluate import judge_run
 from sp2dpo.evaluate.calls import EvalCalls
+from sp2dpo.evaluate.judges import pairwise as J
+from sp2dpo.evaluate.judges.engine import JudgeEngine
 from tests.fault_server import FaultServer
 from tests.test_evaluate_judge import judge_responder, pairs
 
@@ -199,7 +200,7 @@ def test_estimate_creates_nothing_on_disk_and_counts_what_is_missing(tmp_path):
         assert sorted(tmp_path.rglob("*")) == before and not paths["calls"].exists()
         assert not server.requests
         seed = ecfg.alpaca_eval.seed
-        prompt = J.PairwiseJudge(ecfg.judge, ecfg.judge_decoding, seed=seed).prompt
+        prompt = J.PairwiseJudge(JudgeEngine(ecfg.judge), ecfg.judge_decoding, seed=seed).prompt
         tokens = 0
         for ref, mod in pairs(5):
             sides = (mod["output"], ref["output"])

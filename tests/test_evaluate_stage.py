@@ -6,7 +6,8 @@ import pytest
 
 from sp2dpo import evaluate
 from sp2dpo.core import config
-from sp2dpo.evaluate import judge, stage
+from sp2dpo.evaluate import stage
+from sp2dpo.evaluate.judges.engine import JudgeConflictError
 
 
 def _eval(**overrides) -> config.EvalConfig:
@@ -54,7 +55,7 @@ def _no_model(monkeypatch):
 def test_a_judge_that_is_a_teacher_is_refused_before_any_model_loads(tmp_path, monkeypatch):
     _no_model(monkeypatch)
     params = config.defaults()
-    with pytest.raises(judge.JudgeConflictError, match=r"gemma3.*eval.allow_teacher_judge"):
+    with pytest.raises(JudgeConflictError, match=r"gemma3.*eval.allow_teacher_judge"):
         evaluate.run(_eval(allow_teacher_judge=False), params.train, params.teachers, "smollm2",
                      ["dpo"], _paths(tmp_path), track=False)
 

@@ -1,4 +1,4 @@
-"""MT-Bench and Arena-Hard in the eval stage (`sp2dpo.evaluate.suites`, `.grader`): the official
+"""MT-Bench and Arena-Hard in the eval stage (`sp2dpo.evaluate.suites`, `.judges.graded`): the official
 files written, the scores equal the official computation on them, and every judge call is made
 once. HTTP judges are the scripted fault server; the local judge is the real gemma-3-270m."""
 
@@ -13,7 +13,8 @@ import pytest
 from sp2dpo.core.config import ArenaHardConfig, DecodingConfig, MTBenchConfig, TeacherConfig, build
 from sp2dpo.evaluate import arenahard, mtbench, suites
 from sp2dpo.evaluate.calls import EvalCalls
-from sp2dpo.evaluate.grader import LabelGrader, Question
+from sp2dpo.evaluate.judges.engine import JudgeEngine
+from sp2dpo.evaluate.judges.graded import LabelGrader, Question
 from tests.fault_server import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def test_mt_bench_files_scores_and_no_repeated_calls(tmp_path):
 
     def run(server):
         with EvalCalls(store) as calls:
-            grader, prompts = suites.mt_bench_grader(cfg, http_judge(server), FAST, calls)
+            grader, prompts = suites.mt_bench_grader(cfg, JudgeEngine(http_judge(server), calls), FAST)
             result = suites.judge_mt_bench(cfg, questions, answers, lambda m: f"s-{m}", grader,
                                            prompts, lambda m: tmp_path / m)
             return result, calls.counts()
@@ -116,7 +117,7 @@ def test_arena_hard_games_battles_scores_and_no_repeated_calls(tmp_path):
 
     def run(server):
         with EvalCalls(store) as calls:
-            grader, prompt = suites.arena_hard_grader(cfg, http_judge(server), FAST, calls,
+            grader, prompt = suites.arena_hard_grader(cfg, JudgeEngine(http_judge(server), calls), FAST,
                                                       ROOT / "prompts/judge/arena_hard")
             return suites.judge_arena_hard(cfg, questions, answers, lambda m: m, grader, prompt,
                                            lambda m: tmp_path / m)
@@ -173,8 +174,8 @@ def test_local_grader_chooses_the_most_probable_whole_label(tmp_path):
     model = LocalScorer(judge.model, max_input_tokens=512)
     labels = tuple(str(k) for k in range(1, 11))
     with EvalCalls(tmp_path / "calls") as calls:
-        grader = LabelGrader("mt_bench", judge, FAST, labels, lambda t: None, "t", calls,
-                             local=lambda: model)
+        grader = LabelGrader(JudgeEngine(judge, calls, scorer=model), "mt_bench", FAST, labels,
+                             lambda t: None, "t")
         question = Question(messages=[{"role": "system", "content": "Rate answers from 1 to 10."},
                                       {"role": "user", "content": "Question: 2+2? Answer: 4. Rate it."}],
                             instruction="2+2?", outputs=("4",))

@@ -15,8 +15,10 @@ import pytest
 import requests
 
 from sp2dpo.core.config import DecodingConfig, TeacherConfig
-from sp2dpo.evaluate import arenahard, judge_backends, mtbench
-from sp2dpo.evaluate.judge import PairwiseJudge
+from sp2dpo.evaluate import arenahard, mtbench
+from sp2dpo.evaluate.judges import pairwise
+from sp2dpo.evaluate.judges.engine import JudgeEngine
+from sp2dpo.evaluate.judges.pairwise import PairwiseJudge
 from sp2dpo.llm.client import OpenAICompatibleClient
 from sp2dpo.llm.parse import parse_judgement
 from sp2dpo.llm.teachers import RetryingCaller
@@ -153,7 +155,7 @@ def judge_cfg(servers: Servers, logprobs: bool) -> TeacherConfig:
 
 @pytest.mark.timeout(60)
 def test_each_judge_is_understood_by_its_own_parser(servers):
-    assert srv.ALPACA_LABELS == judge_backends.LABELS
+    assert srv.ALPACA_LABELS == pairwise.LABELS
     assert srv.ARENA_HARD_VERDICTS == arenahard.VERDICT_LABELS
     before = servers.stats()["judge"]["counts"]
     # AlpacaEval: one token; with logprobs a continuous preference, without a discrete one.
@@ -162,7 +164,7 @@ def test_each_judge_is_understood_by_its_own_parser(servers):
              for i in range(20)]
     label_decoding = dataclasses.replace(FAST, max_tokens=1, temperature=0.0, top_p=1.0)
     for logprobs in (True, False):
-        annotator = PairwiseJudge(judge_cfg(servers, logprobs), label_decoding,
+        annotator = PairwiseJudge(JudgeEngine(judge_cfg(servers, logprobs)), label_decoding,
                                   prompts_dir=ROOT / "prompts" / "judge")
         annotations, summary = annotator.annotate(pairs)
         assert summary["status"] == {"ok": 20}, annotations[0]["error"]

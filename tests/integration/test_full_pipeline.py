@@ -200,7 +200,7 @@ def test_offline_dag_end_to_end_verify_then_exp_run_on_an_aggregation_param(tmp_
     assert set(core) == every and all("src/sp2dpo/core" in deps for deps in core.values())
     client = _changed_by_code(repo, "src/sp2dpo/llm/client.py", "MAX_RAW_CHARS = 8000", "MAX_RAW_CHARS = 9000")
     assert set(client) == {"annotate", "eval@smollm2"}
-    judge = _changed_by_code(repo, "src/sp2dpo/evaluate/judge.py", "DRAW = 1.5", "DRAW = 1.25")
+    judge = _changed_by_code(repo, "src/sp2dpo/evaluate/judges/pairwise.py", "DRAW = 1.5", "DRAW = 1.25")
     assert judge == {"eval@smollm2": {"src/sp2dpo/evaluate"}}
     losses = _changed_by_code(repo, "src/sp2dpo/train/losses.py", "import torch\n", "import torch  # x\n")
     assert set(losses) == {"train@smollm2-dpo", "train@smollm2-sp2dpo", "train@smollm2-rand_beta"}

@@ -4,7 +4,7 @@ IFEval (rule-based) for the base student and every trained adapter.
 - :mod:`.alpaca`: AlpacaEval file formats and their checks;
 - :mod:`.winrate` and :mod:`.lc`: the leaderboard metrics and the length-controlled GLM;
 - :mod:`.generate`: batched student answers;
-- :mod:`.judge` and :mod:`.judge_backends`: the pairwise judge;
+- :mod:`.judges`: the judge engine, the pairwise judge and the ``[[label]]`` grader;
 - :mod:`.ifeval`, :mod:`.ifeval_inputs`, :mod:`.ifeval_checkers`, :mod:`.punkt`: offline IFEval;
 - :mod:`.stage`: :func:`run`, one student (the DVC stage and ``sp2dpo eval``).
 """

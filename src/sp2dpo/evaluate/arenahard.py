@@ -36,7 +36,6 @@ official judgment files (:func:`read_judgments`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -63,6 +62,7 @@ from sp2dpo.evaluate.evalfiles import (
     question_id,
     text_field,
 )
+from sp2dpo.evaluate.judges.prompts import prompt_sha256, read_prompt_folder
 
 log = logging.getLogger(__name__)
 
@@ -438,11 +438,7 @@ class ArenaHardPrompt:
             UserError: a missing file, or a user template whose fields are not exactly the three.
         """
         folder = Path(folder)
-        try:
-            system = (folder / "system.txt").read_text(encoding="utf-8").strip()
-            user = (folder / "user.txt").read_text(encoding="utf-8").strip()
-        except FileNotFoundError as exc:
-            raise UserError(f"Arena-Hard judge prompt file missing: {exc.filename}") from None
+        system, user = read_prompt_folder(folder, "Arena-Hard judge", error=UserError)
         try:
             fields = [f for _, f, _, _ in string.Formatter().parse(user) if f is not None]
         except ValueError as exc:
@@ -450,8 +446,7 @@ class ArenaHardPrompt:
         if sorted(fields) != sorted(cls.FIELDS):
             raise UserError(f"{folder / 'user.txt'}: placeholders must be {{question}}, "
                             f"{{answer_a}}, {{answer_b}} once each, found {fields}")
-        digest = hashlib.sha256(system.encode() + b"\0" + user.encode()).hexdigest()
-        return cls(system, user, digest)
+        return cls(system, user, prompt_sha256(system, user))
 
     def render(self, question: str, answer_a: str, answer_b: str) -> list[dict[str, str]]:
         """System and user messages for one game (``answer_a`` is shown as Assistant A)."""

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core.config import EvalConfig, TrainConfig
-from sp2dpo.evaluate import alpaca, arenahard, ifeval, judge, mtbench, suites
+from sp2dpo.evaluate import alpaca, arenahard, ifeval, mtbench, suites
 from sp2dpo.evaluate.answers import StudentKey, decode_fields
 from sp2dpo.evaluate.calls import EvalCalls, answer_key
 from sp2dpo.evaluate.judge_run import CHARS_PER_TOKEN, cost_estimate
+from sp2dpo.evaluate.judges.engine import JudgeEngine
+from sp2dpo.evaluate.judges.pairwise import PairwiseJudge
 from sp2dpo.evaluate.stage import select_instructions
 
 #: Method name of the untrained student (as in :mod:`sp2dpo.evaluate.generate`).
@@ -81,8 +83,8 @@ def estimate(
         ifeval.load_prompts(ecfg.ifeval.input, ecfg.ifeval.limit, ecfg.ifeval.seed)
         if ecfg.ifeval.enabled else []
     )
-    annotator = judge.PairwiseJudge(ecfg.judge, ecfg.judge_decoding, seed=ae.seed,
-                                    prompts_dir=judge_prompts, calls=calls)
+    engine = JudgeEngine(ecfg.judge, calls)
+    pairwise = PairwiseJudge(engine, ecfg.judge_decoding, seed=ae.seed, prompts_dir=judge_prompts)
     pending: dict[str, list[list[dict[str, str]]]] = {"alpaca_eval": [], "mt_bench": [], "arena_hard": []}
     mt_answers: dict[str, list[tuple[str, str]]] = {}
     ah_answers: dict[str, list[str]] = {}
@@ -91,14 +93,10 @@ def estimate(
         adapter = None if method == BASE else adapters / method
         answers = _Answers(calls, StudentKey.of(student, adapter), ecfg)
         texts = [t[0] for t in answers.turns([[i["instruction"]] for i in items], ecfg.generation.max_new_tokens)]
-        for item, text in zip(items, texts, strict=True):
-            ref_out = str(item["output"])
-            if text == ref_out:
-                continue
-            first_is_model = judge.model_on_first_side(item["instruction"], ae.seed)
-            first, second = (text, ref_out) if first_is_model else (ref_out, text)
-            if calls.final(annotator.call_key(item["instruction"], first, second)) is None:
-                pending["alpaca_eval"].append(annotator.prompt.messages(item["instruction"], first, second))
+        pairs = [(item, {"instruction": item["instruction"], "output": text})
+                 for item, text in zip(items, texts, strict=True)]
+        pending["alpaca_eval"] += [pairwise.messages(r) for r in pairwise.requests(pairs)
+                                   if calls.final(pairwise.key(r)) is None]
         if mt_questions:
             mt_answers[method] = [(t[0], t[1]) for t in answers.turns(
                 [list(q.turns[:2]) for q in mt_questions], mtb.max_new_tokens)]
@@ -108,11 +106,11 @@ def estimate(
             ah_answers[method] = [t[0] for t in answers.turns([[q.prompt] for q in ah_questions], ah.max_new_tokens)]
         to_generate += answers.missing
     if mt_questions:
-        grader, templates = suites.mt_bench_grader(mtb, ecfg.judge, ecfg.judge_decoding, calls)
+        grader, templates = suites.mt_bench_grader(mtb, engine, ecfg.judge_decoding)
         asks = suites.mt_bench_asks(mt_questions, mt_answers, mtbench.read_reference_answers(mtb.reference_answers), templates)
         pending["mt_bench"] = [a[-1].messages for a in asks if calls.final(grader.key(a[-1])) is None]
     if ah_questions:
-        grader, ah_prompt = suites.arena_hard_grader(ah, ecfg.judge, ecfg.judge_decoding, calls, arena_hard_prompts)
+        grader, ah_prompt = suites.arena_hard_grader(ah, engine, ecfg.judge_decoding, arena_hard_prompts)
         asks = suites.arena_hard_asks(ah_questions, ah_answers, arenahard.read_answers(ah.baseline_answers), ah_prompt)
         pending["arena_hard"] = [a[-1].messages for a in asks if calls.final(grader.key(a[-1])) is None]
     caps = {"alpaca_eval": ecfg.judge_decoding.max_tokens, "mt_bench": mtb.judge_max_tokens,

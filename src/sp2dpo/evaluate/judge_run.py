@@ -19,9 +19,11 @@ from typing import Any
 from sp2dpo.core import artifacts
 from sp2dpo.core.config import EvalConfig, TeacherConfig
 from sp2dpo.core.stopping import GracefulStop
-from sp2dpo.evaluate import alpaca, judge
+from sp2dpo.evaluate import alpaca
 from sp2dpo.evaluate.calls import EvalCalls
-from sp2dpo.evaluate.judge_backends import DEFAULT_PROMPTS_DIR
+from sp2dpo.evaluate.judges.engine import JudgeEngine
+from sp2dpo.evaluate.judges.pairwise import PairwiseJudge, stable_annotations
+from sp2dpo.evaluate.judges.prompts import DEFAULT_PROMPTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +51,6 @@ def cost_estimate(
             prompt_tokens * judge_cfg.price_in_per_m + completion_tokens * judge_cfg.price_out_per_m
         ) / 1e6,
     }
-
-
-def pending_alpaca(
-    annotator: judge.PairwiseJudge,
-    pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
-    seed: int | None = None,
-) -> list[list[dict[str, str]]]:
-    """The judge requests (messages) of ``pairs`` not yet in the store (identical outputs need
-    no call)."""
-    seed = annotator.seed if seed is None else seed
-    out = []
-    for reference, model in pairs:
-        instruction = reference["instruction"]
-        ref_out, model_out = str(reference["output"]), str(model["output"])
-        if ref_out == model_out:
-            continue
-        model_first = judge.model_on_first_side(instruction, seed)
-        first, second = (model_out, ref_out) if model_first else (ref_out, model_out)
-        if annotator.calls.final(annotator.call_key(instruction, first, second)) is None:
-            out.append(annotator.prompt.messages(instruction, first, second))
-    return out
 
 
 def _check_limit(limit: int | None) -> None:
@@ -102,9 +83,10 @@ def _estimate(
 ) -> dict[str, Any]:
     """The cost of the calls of ``pairs`` not in the store. The store is only read: opening it
     as a context (to append) would create its folder."""
-    annotator = judge.PairwiseJudge(ecfg.judge, ecfg.judge_decoding, seed=ecfg.alpaca_eval.seed,
-                                    prompts_dir=prompts_dir, calls=EvalCalls(calls_path))
-    todo = pending_alpaca(annotator, pairs)
+    engine = JudgeEngine(ecfg.judge, EvalCalls(calls_path))
+    pairwise = PairwiseJudge(engine, ecfg.judge_decoding, seed=ecfg.alpaca_eval.seed,
+                             prompts_dir=prompts_dir)
+    todo = [pairwise.messages(r) for r in engine.pending(pairwise, pairwise.requests(pairs))]
     return {
         "judge": ecfg.judge.id,
         "items": len(pairs),
@@ -151,21 +133,20 @@ def run_judge_file(
     if estimate:
         return _estimate(ecfg, pairs, calls_path, prompts_dir)
     with EvalCalls(calls_path) as calls:
-        annotator = judge.PairwiseJudge(
-            ecfg.judge, ecfg.judge_decoding, seed=ecfg.alpaca_eval.seed, prompts_dir=prompts_dir,
-            calls=calls,
-        )
+        engine = JudgeEngine(ecfg.judge, calls)
+        pairwise = PairwiseJudge(engine, ecfg.judge_decoding, seed=ecfg.alpaca_eval.seed,
+                                 prompts_dir=prompts_dir)
         with GracefulStop(f"judge {outputs_path}") as stopping:
             try:
-                annotations, summary = annotator.annotate(pairs, stop=stopping.stop)
+                annotations, summary = pairwise.annotate(pairs, stop=stopping.stop)
             finally:
-                annotator.close()
+                engine.close()
             stopping.raise_if_stopped(
                 f"{calls.made['judge']} judge call(s) made now are stored in {calls_path}; "
                 "re-run to continue (stored calls are never made again)"
             )
         counts = calls.counts()
-    judged = [a for a in judge.stable_annotations(annotations) if a.get("preference") is not None]
+    judged = [a for a in stable_annotations(annotations) if a.get("preference") is not None]
     alpaca.write_annotations(judged, out)
     result: dict[str, Any] = {
         "annotations": str(out),

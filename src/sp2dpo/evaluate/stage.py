@@ -48,12 +48,20 @@ from sp2dpo.core import artifacts, runlog
 from sp2dpo.core.config import ConfigError, EvalConfig, TeacherConfig, TrainConfig, flatten
 from sp2dpo.core.sampling import seeded_subset
 from sp2dpo.core.stopping import GracefulStop
-from sp2dpo.evaluate import alpaca, answers, generate, ifeval, judge, prefeval, suites, winrate
+from sp2dpo.evaluate import alpaca, answers, generate, ifeval, prefeval, suites, winrate
 from sp2dpo.evaluate.arenahard import DEFAULT_PROMPT_DIR as ARENA_HARD_PROMPTS
 from sp2dpo.evaluate.calls import EvalCalls
 from sp2dpo.evaluate.generate import BASE_METHOD as BASE
 from sp2dpo.evaluate.generate import generator_name
-from sp2dpo.evaluate.judge_backends import DEFAULT_PROMPTS_DIR
+from sp2dpo.evaluate.judges.engine import JudgeEngine, check_judge_independent
+from sp2dpo.evaluate.judges.pairwise import (
+    VOLATILE_SUMMARY_KEYS,
+    PairwiseJudge,
+    annotate_pairs,
+    stable_annotations,
+    stable_summary,
+)
+from sp2dpo.evaluate.judges.prompts import DEFAULT_PROMPTS_DIR
 from sp2dpo.evaluate.lc import OfficialLCInputs
 
 log = logging.getLogger(__name__)
@@ -150,7 +158,7 @@ def run(
 
     # Judge independence is checked before any model loads.
     judge_cfg, judge_decoding = ecfg.judge, ecfg.judge_decoding
-    judge_warning = judge.check_judge_independent(judge_cfg, teachers, ecfg.allow_teacher_judge)
+    judge_warning = check_judge_independent(judge_cfg, teachers, ecfg.allow_teacher_judge)
     if judge_warning:
         log.warning("%s", judge_warning)
 
@@ -245,25 +253,25 @@ def run(
             if ae.instruction_difficulty and ae.df_gamed
             else None
         )
-        annotator = judge.PairwiseJudge(
-            judge_cfg, judge_decoding, seed=ae.seed, prompts_dir=paths.judge_prompts, calls=calls
+        engine = JudgeEngine(judge_cfg, calls)
+        pairwise = PairwiseJudge(
+            engine, judge_decoding, seed=ae.seed, prompts_dir=paths.judge_prompts
         )
-        local = (lambda: annotator.backend.scorer) if judge_cfg.backend == "local" else None  # type: ignore[union-attr]
         by_method.update({method: {} for method in methods})
         try:
             for method in methods if items else ():
-                annotations, judge_summary = judge.annotate_pairs(
-                    annotator, items, answers_by[method], seed=ae.seed, stop=stopping.stop
+                annotations, judge_summary = annotate_pairs(
+                    pairwise, items, answers_by[method], seed=ae.seed, stop=stopping.stop
                 )
                 stopping.raise_if_stopped(_kept(calls, paths.calls))
                 timings[method].update({f"timing/judge_{k}": float(judge_summary[k])
-                                        for k in judge.VOLATILE_SUMMARY_KEYS})
+                                        for k in VOLATILE_SUMMARY_KEYS})
                 by_method[method] = _alpaca_entry(
                     student.name, method, annotations, judge_summary, paths, reference,
                     reference_path, official,
                 )
             if mt_questions:
-                grader, templates = suites.mt_bench_grader(mtb, judge_cfg, judge_decoding, calls, local)
+                grader, templates = suites.mt_bench_grader(mtb, engine, judge_decoding)
                 mt = suites.judge_mt_bench(
                     mtb, mt_questions, mt_answers, name, grader, templates, paths.method_outputs,
                     stopping.stop,
@@ -279,7 +287,7 @@ def run(
                     by_method[method]["ifeval"] = ifeval.summary(result)
             if ah_questions:
                 grader, ah_prompt = suites.arena_hard_grader(
-                    ah, judge_cfg, judge_decoding, calls, paths.arena_hard_prompts, local
+                    ah, engine, judge_decoding, paths.arena_hard_prompts
                 )
                 scored = suites.judge_arena_hard(
                     ah, ah_questions, ah_answers, name, grader, ah_prompt, paths.method_outputs,
@@ -290,7 +298,7 @@ def run(
                 for method in methods:
                     by_method[method]["arena_hard"] = scored[method]
         finally:
-            annotator.close()
+            engine.close()
         call_counts = calls.counts()
     for method, summary in held_out.items():
         by_method[method]["prefeval"] = summary
@@ -379,7 +387,7 @@ def _alpaca_entry(
     official: OfficialLCInputs | None,
 ) -> dict[str, Any]:
     """Write one method's AlpacaEval annotations (and failures); its WR/LC entry."""
-    annotations = judge.stable_annotations(annotations)
+    annotations = stable_annotations(annotations)
     folder = paths.method_outputs(method)
     judged = [a for a in annotations if a.get("preference") is not None]
     failed = [a for a in annotations if a.get("preference") is None]
@@ -400,4 +408,4 @@ def _alpaca_entry(
         reference=reference, official=official, source=str(annotations_path),
         reference_source=str(reference_path),
     ))
-    return {"alpaca_eval": rates, "judge": judge.stable_summary(judge_summary)}
+    return {"alpaca_eval": rates, "judge": stable_summary(judge_summary)}

@@ -2,8 +2,8 @@
 
 Both run per student over the evaluated methods, on a seeded subset of their questions
 (``eval.mt_bench.limit``, ``eval.arena_hard.limit``; null: all), with the judge of
-``eval.judge`` through :class:`sp2dpo.evaluate.grader.LabelGrader` (every call in the eval call
-store), and write the official file formats, so the official scripts and our ``sp2dpo
+``eval.judge`` through :class:`sp2dpo.evaluate.judges.graded.LabelGrader` (every call in the eval
+call store), and write the official file formats, so the official scripts and our ``sp2dpo
 mtbench`` / ``sp2dpo arenahard`` read them:
 
 - MT-Bench: answers in FastChat's ``model_answer`` layout (two turns; turn 2 answers the whole
@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core import artifacts
-from sp2dpo.core.config import ArenaHardConfig, MTBenchConfig
+from sp2dpo.core.config import ArenaHardConfig, DecodingConfig, MTBenchConfig
 from sp2dpo.core.sampling import seeded_subset
 from sp2dpo.evaluate import arenahard, mtbench
-from sp2dpo.evaluate.grader import LabelGrader, Question
+from sp2dpo.evaluate.judges.engine import JudgeEngine
+from sp2dpo.evaluate.judges.graded import LabelGrader, Question
 
 #: ``answer(user turns per conversation, max_new_tokens) -> answers per turn`` of one evaluated
 #: method (:meth:`sp2dpo.evaluate.answers.Answerer.answer` with the generation settings bound).
@@ -70,14 +71,15 @@ def _rating_label(text: str) -> str | None:
 
 
 def mt_bench_grader(
-    cfg: MTBenchConfig, judge: Any, decoding: Any, calls: Any, local: Any = None
+    cfg: MTBenchConfig, engine: JudgeEngine, decoding: DecodingConfig
 ) -> tuple[LabelGrader, dict[str, mtbench.JudgePrompt]]:
-    """The MT-Bench grader (official templates from ``cfg.judge_prompts``) and the templates."""
+    """The MT-Bench grader on ``engine`` (official templates from ``cfg.judge_prompts``) and the
+    templates."""
     prompts = mtbench.read_judge_prompts(cfg.judge_prompts)
     template_sha = artifacts.sha256_file(Path(cfg.judge_prompts))
     grader = LabelGrader(
-        "mt_bench", judge, dataclasses.replace(decoding, max_tokens=cfg.judge_max_tokens),
-        RATING_LABELS, _rating_label, template_sha, calls, local=local,
+        engine, "mt_bench", dataclasses.replace(decoding, max_tokens=cfg.judge_max_tokens),
+        RATING_LABELS, _rating_label, template_sha,
     )
     return grader, prompts
 
@@ -171,7 +173,7 @@ def judge_mt_bench(
         rows_by_method[method].append({
             "question_id": q.question_id,
             "model": generator(method),
-            "judge": [grader.cfg.model, mtbench.judge_prompt_name(q.category, turn)],
+            "judge": [grader.engine.cfg.model, mtbench.judge_prompt_name(q.category, turn)],
             "user_prompt": user,
             "judgment": record.get("text"),
             "score": score,
@@ -207,13 +209,13 @@ def arena_hard_questions(cfg: ArenaHardConfig) -> list[arenahard.ArenaQuestion]:
 
 
 def arena_hard_grader(
-    cfg: ArenaHardConfig, judge: Any, decoding: Any, calls: Any, prompt_dir: Path, local: Any = None
+    cfg: ArenaHardConfig, engine: JudgeEngine, decoding: DecodingConfig, prompt_dir: Path
 ) -> tuple[LabelGrader, arenahard.ArenaHardPrompt]:
-    """The Arena-Hard grader (our judge prompt) and the prompt."""
+    """The Arena-Hard grader on ``engine`` (our judge prompt) and the prompt."""
     prompt = arenahard.ArenaHardPrompt.load(prompt_dir)
     grader = LabelGrader(
-        "arena_hard", judge, dataclasses.replace(decoding, max_tokens=cfg.judge_max_tokens),
-        arenahard.VERDICT_LABELS, arenahard.parse_verdict, prompt.sha256, calls, local=local,
+        engine, "arena_hard", dataclasses.replace(decoding, max_tokens=cfg.judge_max_tokens),
+        arenahard.VERDICT_LABELS, arenahard.parse_verdict, prompt.sha256,
     )
     return grader, prompt
 
@@ -300,9 +302,9 @@ def judge_arena_hard(
         for q in questions:
             pair = games[(method, q.question_id)]
             rows.append({"question_id": q.question_id, "model": generator(method),
-                         "judge": grader.cfg.model, "games": pair})
+                         "judge": grader.engine.cfg.model, "games": pair})
             judgments.append(arenahard.Judgment(
-                q.question_id, generator(method), grader.cfg.model,
+                q.question_id, generator(method), grader.engine.cfg.model,
                 tuple(arenahard.Game(g["score"]) for g in pair),
             ))
         write_jsonl(rows, outputs(method) / "arena_hard_judgments.jsonl")

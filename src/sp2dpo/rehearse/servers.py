@@ -86,7 +86,7 @@ from sp2dpo.llm.parse import KEYS
 #: The kinds of server (:attr:`ServerSpec.kind`).
 KINDS = ("teacher", "student", "judge")
 
-#: AlpacaEval's two answer labels (``sp2dpo.evaluate.judge_backends.LABELS``).
+#: AlpacaEval's two answer labels (``sp2dpo.evaluate.judges.pairwise.LABELS``).
 ALPACA_LABELS: tuple[str, str] = ("A", "B")
 #: What FastChat's MT-Bench single-answer prompts ask the judge to write.
 MT_BENCH_MARKER = "[[rating]]"

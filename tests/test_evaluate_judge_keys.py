@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from sp2dpo.core.config import ArenaHardConfig, DecodingConfig, MTBenchConfig, TeacherConfig, build
-from sp2dpo.evaluate import arenahard, mtbench, suites
 from sp2dpo.evaluate.calls import EvalCalls
 from sp2dpo.evaluate.judges.engine import JudgeEngine
 from sp2dpo.evaluate.judges.pairwise import AE_KEYS, EXTRA_KEYS, PairwiseJudge
 from sp2dpo.llm.teachers import RetriedCall
 from tests.fault_server import FaultServer
+from tests.test_evaluate_suites import arena_hard_suite, mt_bench_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = DecodingConfig(temperature=0.0, top_p=1.0, max_tokens=1, timeout_s=5.0, max_retries=2,
@@ -74,12 +74,10 @@ def at_root(evalsets, monkeypatch):
 
 def mt_bench_asks(grader_engine: JudgeEngine) -> tuple[Any, list]:
     cfg = MTBenchConfig(limit=2, seed=42)
-    questions = suites.mt_bench_questions(cfg)
-    assert [q.question_id for q in questions] == [136, 152]
-    grader, prompts = suites.mt_bench_grader(cfg, grader_engine, FAST)
-    references = mtbench.read_reference_answers(cfg.reference_answers)
-    asks = suites.mt_bench_asks(questions, {"m": [("ans one", "ans two")] * 2}, references, prompts)
-    return grader, [a[-1] for a in asks]
+    suite = mt_bench_suite(cfg, grader_engine, ROOT / "unused", FAST)
+    assert [q.question_id for q in suite.questions] == [136, 152]
+    [batch] = suite.judge_requests({"m": [("ans one", "ans two")] * 2})
+    return batch.mode, batch.requests
 
 
 def test_judge_keys_are_the_stored_ones(at_root):
@@ -93,10 +91,8 @@ def test_judge_keys_are_the_stored_ones(at_root):
         assert [grader.key(q) for q in questions] == GOLDEN[f"mt_bench_{backend}"]
 
         ah = ArenaHardConfig(limit=1, seed=42)
-        grader, prompt = suites.arena_hard_grader(ah, engine, FAST, ROOT / arenahard.DEFAULT_PROMPT_DIR)
-        asks = suites.arena_hard_asks(suites.arena_hard_questions(ah), {"m": ["my answer"]},
-                                      arenahard.read_answers(ah.baseline_answers), prompt)
-        assert [grader.key(a[-1]) for a in asks] == GOLDEN[f"arena_hard_{backend}"]
+        [batch] = arena_hard_suite(ah, engine, ROOT / "unused", FAST).judge_requests({"m": [["my answer"]]})
+        assert [batch.mode.key(r) for r in batch.requests] == GOLDEN[f"arena_hard_{backend}"]
 
 
 def test_http_records_and_annotations_are_the_stored_ones(at_root):

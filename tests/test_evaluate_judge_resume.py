@@ -22,7 +22,7 @@ from sp2dpo.core.errors import OutputPathError
 from sp2dpo.evaluate import judge_run
 from sp2dpo.evaluate.calls import EvalCalls
 from sp2dpo.evaluate.judges import pairwise as J
-from sp2dpo.evaluate.judges.engine import JudgeEngine
+from sp2dpo.evaluate.judges.engine import JudgeEngine, request_tokens
 from tests.fault_server import FaultServer
 from tests.test_evaluate_judge import judge_responder, pairs
 
@@ -205,7 +205,7 @@ def test_estimate_creates_nothing_on_disk_and_counts_what_is_missing(tmp_path):
         for ref, mod in pairs(5):
             sides = (mod["output"], ref["output"])
             first, second = sides if J.model_on_first_side(ref["instruction"], seed) else sides[::-1]
-            tokens += judge_run.estimate_tokens(prompt.messages(ref["instruction"], first, second))
+            tokens += request_tokens(prompt.messages(ref["instruction"], first, second))
         assert estimate == {
             "judge": "fake-judge", "items": 5, "cached": 0, "calls": 5, "prompt_tokens": tokens,
             "max_completion_tokens": 5, "max_cost_usd": pytest.approx((tokens * 10 + 5 * 30) / 1e6),

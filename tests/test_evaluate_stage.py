@@ -6,8 +6,8 @@ import pytest
 
 from sp2dpo import evaluate
 from sp2dpo.core import config
-from sp2dpo.evaluate import stage
 from sp2dpo.evaluate.judges.engine import JudgeConflictError
+from sp2dpo.evaluate.suites.alpaca_eval import select_instructions
 
 
 def _eval(**overrides) -> config.EvalConfig:
@@ -29,15 +29,15 @@ def test_instruction_subset_is_seeded_and_keeps_alpaca_eval_order(evalsets):
 
     reference = alpaca.read_model_outputs(evalsets / "alpaca_eval" / "gpt4_1106_preview.json.gz")
     order = {r["instruction"]: i for i, r in enumerate(reference)}
-    eight = stage.select_instructions(reference, 8, 42)
+    eight = select_instructions(reference, 8, 42)
     assert len(eight) == 8
     positions = [order[r["instruction"]] for r in eight]
     assert positions == sorted(positions)
-    assert stage.select_instructions(reference, 8, 42) == eight
-    twenty = stage.select_instructions(reference, 20, 42)
+    assert select_instructions(reference, 8, 42) == eight
+    twenty = select_instructions(reference, 20, 42)
     assert {r["instruction"] for r in eight} < {r["instruction"] for r in twenty}
-    assert stage.select_instructions(reference, 8, 7) != eight
-    assert len(stage.select_instructions(reference, None, 42)) == 805
+    assert select_instructions(reference, 8, 7) != eight
+    assert len(select_instructions(reference, None, 42)) == 805
 
 
 def _paths(tmp_path) -> evaluate.EvalPaths:

@@ -6,15 +6,26 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sp2dpo.core.config import ArenaHardConfig, DecodingConfig, MTBenchConfig, TeacherConfig, build
+from sp2dpo.core.config import (
+    ArenaHardConfig,
+    DecodingConfig,
+    EvalConfig,
+    MTBenchConfig,
+    TeacherConfig,
+    build,
+)
 from sp2dpo.evaluate import arenahard, mtbench, suites
 from sp2dpo.evaluate.calls import EvalCalls
 from sp2dpo.evaluate.judges.engine import JudgeEngine
 from sp2dpo.evaluate.judges.graded import LabelGrader, Question
+from sp2dpo.evaluate.suites.arena_hard import ArenaHardSuite
+from sp2dpo.evaluate.suites.mt_bench import MTBenchSuite
 from tests.fault_server import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +36,28 @@ FAST = DecodingConfig(temperature=0.0, top_p=1.0, max_tokens=16, timeout_s=5.0, 
 @pytest.fixture(autouse=True)
 def _repo_root(monkeypatch):
     monkeypatch.chdir(ROOT)
+
+
+def context(engine: JudgeEngine, out: Path, generator: Callable[[str], str] = lambda m: m) -> suites.Context:
+    """A suite's context: the repository's judge prompts, outputs under ``out``."""
+    return suites.Context(engine=engine, judge_prompts=ROOT / "prompts/judge",
+                          arena_hard_prompts=ROOT / arenahard.DEFAULT_PROMPT_DIR,
+                          generator=generator, outputs=lambda m: out / m)
+
+
+def mt_bench_suite(cfg: MTBenchConfig, engine: JudgeEngine, out: Path, decoding: DecodingConfig = FAST,
+                   **kw) -> MTBenchSuite:
+    return MTBenchSuite(cfg, EvalConfig(mt_bench=cfg, judge_decoding=decoding), context(engine, out, **kw))
+
+
+def arena_hard_suite(cfg: ArenaHardConfig, engine: JudgeEngine, out: Path, decoding: DecodingConfig = FAST,
+                     **kw) -> ArenaHardSuite:
+    return ArenaHardSuite(cfg, EvalConfig(arena_hard=cfg, judge_decoding=decoding), context(engine, out, **kw))
+
+
+def sections(scored: suites.Scored | None, name: str) -> dict:
+    assert scored is not None
+    return {method: entry[name] for method, entry in scored.entries.items()}
 
 
 def http_judge(server: FaultServer) -> TeacherConfig:
@@ -53,7 +86,7 @@ def mt_answers(questions, tag):
 
 def test_mt_bench_files_scores_and_no_repeated_calls(tmp_path):
     cfg = MTBenchConfig(limit=5, seed=7)
-    questions = suites.mt_bench_questions(cfg)
+    questions = mt_bench_suite(cfg, JudgeEngine(EvalConfig().judge), tmp_path).questions
     assert len(questions) == 5 and [q.question_id for q in questions] == sorted(q.question_id for q in questions)
     answers = {"base": mt_answers(questions, "b"), "dpo": mt_answers(questions, "d")}
     answers["dpo"][0] = ("NOPE", "NOPE again")  # one question without a rating on both turns
@@ -61,9 +94,9 @@ def test_mt_bench_files_scores_and_no_repeated_calls(tmp_path):
 
     def run(server):
         with EvalCalls(store) as calls:
-            grader, prompts = suites.mt_bench_grader(cfg, JudgeEngine(http_judge(server), calls), FAST)
-            result = suites.judge_mt_bench(cfg, questions, answers, lambda m: f"s-{m}", grader,
-                                           prompts, lambda m: tmp_path / m)
+            suite = mt_bench_suite(cfg, JudgeEngine(http_judge(server), calls), tmp_path,
+                                   generator=lambda m: f"s-{m}")
+            result = sections(suite.evaluate(answers, threading.Event()), "mt_bench")
             return result, calls.counts()
 
     with FaultServer(responder=rating_responder) as server:
@@ -107,20 +140,18 @@ def verdict_responder(body):
 
 def test_arena_hard_games_battles_scores_and_no_repeated_calls(tmp_path):
     cfg = ArenaHardConfig(limit=4, seed=1, bootstrap_rounds=20)
-    questions = suites.arena_hard_questions(cfg)
+    questions = arena_hard_suite(cfg, JudgeEngine(EvalConfig().judge), tmp_path).questions
     assert len(questions) == 4
     answers = {
-        "strong": ["MODEL-STRONG"] * 4,
-        "mixed": ["MODEL-STRONG", "MODEL-TIE", "MODEL-TIE", "plain answer"],
+        "strong": [["MODEL-STRONG"]] * 4,
+        "mixed": [["MODEL-STRONG"], ["MODEL-TIE"], ["MODEL-TIE"], ["plain answer"]],
     }
     store = tmp_path / "calls"
 
     def run(server):
         with EvalCalls(store) as calls:
-            grader, prompt = suites.arena_hard_grader(cfg, JudgeEngine(http_judge(server), calls), FAST,
-                                                      ROOT / "prompts/judge/arena_hard")
-            return suites.judge_arena_hard(cfg, questions, answers, lambda m: m, grader, prompt,
-                                           lambda m: tmp_path / m)
+            suite = arena_hard_suite(cfg, JudgeEngine(http_judge(server), calls), tmp_path)
+            return sections(suite.evaluate(answers, threading.Event()), "arena_hard")
 
     with FaultServer(responder=verdict_responder) as server:
         result = run(server)

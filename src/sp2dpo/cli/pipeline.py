@@ -212,7 +212,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         return
     result = evaluate.run(params.eval, params.train, params.teachers, args.student, params.matrix.methods,
                           paths, track=not args.no_track, logged_params=params.flat())
-    print_json({m: {s: e.get(s) for s in evaluate.METRIC_SECTIONS} for m, e in result["methods"].items()})
+    print_json({m: {s: e.get(s) for s in evaluate.metric_sections()} for m, e in result["methods"].items()})
 
 
 def add_eval(sub: Subparsers) -> None:

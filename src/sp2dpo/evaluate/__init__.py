@@ -9,6 +9,6 @@ IFEval (rule-based) for the base student and every trained adapter.
 - :mod:`.stage`: :func:`run`, one student (the DVC stage and ``sp2dpo eval``).
 """
 
-from sp2dpo.evaluate.stage import METRIC_SECTIONS, SUITES, EvalPaths, evaluated_methods, run
+from sp2dpo.evaluate.stage import EvalPaths, evaluated_methods, metric_sections, run
 
-__all__ = ["METRIC_SECTIONS", "SUITES", "EvalPaths", "evaluated_methods", "run"]
+__all__ = ["EvalPaths", "evaluated_methods", "metric_sections", "run"]

@@ -143,14 +143,15 @@ class Answerer:
     Use as a context manager (or call :meth:`close`) to free the backend's model.
 
     Args:
-        backend: :class:`LocalBackend` or :class:`ServerBackend`.
-        calls: the eval call store, open for writing.
+        backend: :class:`LocalBackend` or :class:`ServerBackend` (None: look-up only, for
+            :meth:`answer` with a ``placeholder``).
+        calls: the eval call store, open for writing (read-only is enough for look-ups).
         key: what the answers are answers of (:class:`StudentKey`).
         name: the evaluated model's name in logs and errors (``smollm2-sp2dpo``).
     """
 
     def __init__(
-        self, backend: AnswerBackend, calls: EvalCalls, key: StudentKey, name: str
+        self, backend: AnswerBackend | None, calls: EvalCalls, key: StudentKey, name: str
     ) -> None:
         self.backend = backend
         self.calls = calls
@@ -158,6 +159,7 @@ class Answerer:
         self.name = name
         self.generated = 0
         self.reused = 0
+        self.missing = 0
 
     def __enter__(self) -> Answerer:
         return self
@@ -171,7 +173,8 @@ class Answerer:
         self.close()
 
     def close(self) -> None:
-        self.backend.close()
+        if self.backend is not None:
+            self.backend.close()
 
     def answer_key(self, messages: Messages, decode: Mapping[str, Any]) -> str:
         """The store key of the answer to ``messages`` under ``decode``."""
@@ -205,8 +208,14 @@ class Answerer:
         conversations: Sequence[Sequence[str]],
         settings: GenerationConfig,
         max_new_tokens: int | None = None,
+        *,
+        placeholder: str | None = None,
     ) -> list[list[str]]:
         """Answer every turn of every conversation, generating only what the store lacks.
+
+        With ``placeholder`` nothing is generated: an answer the store lacks is replaced by it
+        and counted in :attr:`missing` (what ``sp2dpo eval --estimate`` would have generated),
+        and the later turns of its conversation are keyed with it.
 
         Args:
             conversations: each conversation's user turns, in order (one for AlpacaEval and
@@ -248,12 +257,16 @@ class Answerer:
                     found[key] = record["answer"]
                 else:
                     missing[key] = messages[i]
-            if missing:
+            if missing and placeholder is not None:
+                found.update(dict.fromkeys(missing, placeholder))
+                self.missing += len(missing)
+            elif missing:
                 found.update(self._generate(missing, everything, settings, cap, turn))
             for i in asked:
                 answers[i].append(found[keys[i]])
             self.reused += len(set(keys.values())) - len(missing)
-            self.generated += len(missing)
+            if placeholder is None:
+                self.generated += len(missing)
             log.info(
                 "%s turn %d: %d answers, %d from the store, %d generated in %.1fs",
                 self.name, turn + 1, len(asked), len(set(keys.values())) - len(missing),
@@ -278,6 +291,8 @@ class Answerer:
         gives the bytes a run from an empty store gives); the chunk's stored answers are
         computed again and dropped.
         """
+        if self.backend is None:
+            raise RuntimeError(f"{self.name}: {len(missing)} answers missing and no backend to generate them")
         order = list(missing)
         if getattr(self.backend, "batches_in_order", False):
             full = list(everything)

@@ -1,10 +1,16 @@
 """``sp2dpo eval STUDENT --estimate``: what an eval run would still generate and pay the judge for.
 
-Reads the eval call store and loads no model. Per suite and evaluated model: the answers not
-yet stored, and the judge calls not yet stored with their estimated prompt tokens, the
-output-token cap and the maximum cost at the judge's prices. A judge call whose answer is
-stored is keyed exactly (cached or not); one whose answer is missing is counted as a call to
-make, its prompt sized with an answer of the full token cap (an upper bound: the maximum cost).
+The run's own request builders, with nothing called: every registered suite that is enabled
+(:mod:`sp2dpo.evaluate.suites`) says what the student answers; the answers come from the eval
+call store (:meth:`sp2dpo.evaluate.answers.Answerer.answer` in look-up mode), a missing one
+replaced by a placeholder of the full token cap; the suite builds its judge requests from them
+exactly as the run does, and the ones with a final record in the store are dropped
+(:meth:`sp2dpo.evaluate.judges.engine.JudgeEngine.pending`). What is left is priced at the
+judge's prices: estimated prompt tokens, the output-token cap and the maximum cost. A judge call
+whose answer is stored is keyed exactly (cached or not); one whose answer is missing is a call to
+make, its prompt sized with an answer of the full cap (an upper bound: the maximum cost).
+
+Reads the store and loads no model; creates nothing.
 """
 
 from __future__ import annotations
@@ -14,48 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core.config import EvalConfig, TrainConfig
-from sp2dpo.evaluate import alpaca, arenahard, ifeval, mtbench, suites
-from sp2dpo.evaluate.answers import StudentKey, decode_fields
-from sp2dpo.evaluate.calls import EvalCalls, answer_key
-from sp2dpo.evaluate.judge_run import CHARS_PER_TOKEN, cost_estimate
+from sp2dpo.evaluate import suites
+from sp2dpo.evaluate.answers import Answerer, StudentKey
+from sp2dpo.evaluate.calls import EvalCalls
+from sp2dpo.evaluate.generate import BASE_METHOD as BASE
+from sp2dpo.evaluate.generate import generator_name
 from sp2dpo.evaluate.judges.engine import JudgeEngine
-from sp2dpo.evaluate.judges.pairwise import PairwiseJudge
-from sp2dpo.evaluate.stage import select_instructions
-
-#: Method name of the untrained student (as in :mod:`sp2dpo.evaluate.generate`).
-BASE = "base"
-
-
-class _Answers:
-    """Stored answers of one model, or a placeholder of the full cap when missing."""
-
-    def __init__(self, calls: EvalCalls, key: StudentKey, ecfg: EvalConfig) -> None:
-        self.calls, self.key, self.gen = calls, key, ecfg.generation
-        self.missing = 0
-
-    def turns(self, conversations: list[list[str]], cap: int) -> list[list[str]]:
-        decode = decode_fields(self.gen, cap, self.key.chat_template_sha256)
-        filler = "x" * int(cap * CHARS_PER_TOKEN)
-        out = []
-        for users in conversations:
-            answers: list[str] = []
-            for turn in range(len(users)):
-                messages = []
-                for i in range(turn):
-                    messages += [{"role": "user", "content": users[i]},
-                                 {"role": "assistant", "content": answers[i]}]
-                messages.append({"role": "user", "content": users[turn]})
-                record = self.calls.final(answer_key(
-                    model=self.key.model, revision=self.key.revision,
-                    adapter_sha256=self.key.adapter_sha256, messages=messages, decode=decode,
-                ))
-                if record is None or record.get("status") != "ok":
-                    self.missing += 1
-                    answers.append(filler)
-                else:
-                    answers.append(record["answer"])
-            out.append(answers)
-        return out
+from sp2dpo.llm.costs import CHARS_PER_TOKEN
 
 
 def estimate(
@@ -70,53 +41,42 @@ def estimate(
     arena_hard_prompts: Path,
 ) -> dict[str, Any]:
     """The estimate (see the module doc): ``{"answers_to_generate", "suites": {suite: {...}},
-    "total": {...}}``."""
+    "total": {...}}`` (``suites``: the enabled suites that have a judge)."""
     student = train.student(student_name)
     calls = EvalCalls(calls_path)
-    ae = ecfg.alpaca_eval
-    reference = alpaca.read_model_outputs(ae.reference_outputs)
-    items = select_instructions(reference, ae.limit, ae.seed)
-    mtb, ah = ecfg.mt_bench, ecfg.arena_hard
-    mt_questions = suites.mt_bench_questions(mtb) if mtb.enabled else []
-    ah_questions = suites.arena_hard_questions(ah) if ah.enabled else []
-    prompts = (
-        ifeval.load_prompts(ecfg.ifeval.input, ecfg.ifeval.limit, ecfg.ifeval.seed)
-        if ecfg.ifeval.enabled else []
-    )
     engine = JudgeEngine(ecfg.judge, calls)
-    pairwise = PairwiseJudge(engine, ecfg.judge_decoding, seed=ae.seed, prompts_dir=judge_prompts)
-    pending: dict[str, list[list[dict[str, str]]]] = {"alpaca_eval": [], "mt_bench": [], "arena_hard": []}
-    mt_answers: dict[str, list[tuple[str, str]]] = {}
-    ah_answers: dict[str, list[str]] = {}
+    ctx = suites.Context(
+        engine=engine, judge_prompts=judge_prompts, arena_hard_prompts=arena_hard_prompts,
+        generator=lambda method: generator_name(student.name, method),
+        outputs=lambda method: adapters / method,  # never written: the estimate writes nothing
+    )
+    enabled = [suite for suite in suites.build(ecfg, ctx) if suite.enabled]
+    gen = ecfg.generation
+    answered: dict[str, dict[str, list[list[str]]]] = {suite.name: {} for suite in enabled}
     to_generate = 0
     for method in methods:
         adapter = None if method == BASE else adapters / method
-        answers = _Answers(calls, StudentKey.of(student, adapter), ecfg)
-        texts = [t[0] for t in answers.turns([[i["instruction"]] for i in items], ecfg.generation.max_new_tokens)]
-        pairs = [(item, {"instruction": item["instruction"], "output": text})
-                 for item, text in zip(items, texts, strict=True)]
-        pending["alpaca_eval"] += [pairwise.messages(r) for r in pairwise.requests(pairs)
-                                   if calls.final(pairwise.key(r)) is None]
-        if mt_questions:
-            mt_answers[method] = [(t[0], t[1]) for t in answers.turns(
-                [list(q.turns[:2]) for q in mt_questions], mtb.max_new_tokens)]
-        if prompts:
-            answers.turns([[p.prompt] for p in prompts], ecfg.ifeval.max_new_tokens)
-        if ah_questions:
-            ah_answers[method] = [t[0] for t in answers.turns([[q.prompt] for q in ah_questions], ah.max_new_tokens)]
-        to_generate += answers.missing
-    if mt_questions:
-        grader, templates = suites.mt_bench_grader(mtb, engine, ecfg.judge_decoding)
-        asks = suites.mt_bench_asks(mt_questions, mt_answers, mtbench.read_reference_answers(mtb.reference_answers), templates)
-        pending["mt_bench"] = [a[-1].messages for a in asks if calls.final(grader.key(a[-1])) is None]
-    if ah_questions:
-        grader, ah_prompt = suites.arena_hard_grader(ah, engine, ecfg.judge_decoding, arena_hard_prompts)
-        asks = suites.arena_hard_asks(ah_questions, ah_answers, arenahard.read_answers(ah.baseline_answers), ah_prompt)
-        pending["arena_hard"] = [a[-1].messages for a in asks if calls.final(grader.key(a[-1])) is None]
-    caps = {"alpaca_eval": ecfg.judge_decoding.max_tokens, "mt_bench": mtb.judge_max_tokens,
-            "arena_hard": ah.judge_max_tokens}
-    per_suite = {suite: cost_estimate(ecfg.judge, caps[suite], todo) for suite, todo in pending.items()}
-    total = {key: sum(v[key] for v in per_suite.values()) for key in next(iter(per_suite.values()))}
+        answerer = Answerer(None, calls, StudentKey.of(student, adapter), generator_name(student.name, method))
+        for suite in enabled:
+            asked = suite.conversations()
+            cap = gen.max_new_tokens if asked.max_new_tokens is None else asked.max_new_tokens
+            answered[suite.name][method] = answerer.answer(
+                asked.turns, gen, asked.max_new_tokens, placeholder="x" * int(cap * CHARS_PER_TOKEN)
+            )
+        to_generate += answerer.missing
+    per_suite: dict[str, dict[str, Any]] = {}
+    for suite in enabled:
+        batches = suite.judge_requests(answered[suite.name])
+        if not batches:
+            continue
+        costs = [
+            engine.cost_estimate(batch.max_tokens,
+                                 [batch.mode.messages(r) for r in engine.pending(batch.mode, batch.requests)])
+            for batch in batches
+        ]
+        per_suite[suite.name] = {key: sum(c[key] for c in costs) for key in costs[0]}
+    zero = engine.cost_estimate(0, [])
+    total = {key: sum(v[key] for v in per_suite.values()) for key in zero}
     return {
         "student": student.name,
         "methods": list(methods),

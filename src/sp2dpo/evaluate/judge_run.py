@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core import artifacts
-from sp2dpo.core.config import EvalConfig, TeacherConfig
+from sp2dpo.core.config import EvalConfig
 from sp2dpo.core.stopping import GracefulStop
 from sp2dpo.evaluate import alpaca
 from sp2dpo.evaluate.calls import EvalCalls
@@ -26,32 +26,6 @@ from sp2dpo.evaluate.judges.pairwise import PairwiseJudge, stable_annotations
 from sp2dpo.evaluate.judges.prompts import DEFAULT_PROMPTS_DIR
 
 log = logging.getLogger(__name__)
-
-#: Characters per token of the token estimate (a conservative average for English text).
-CHARS_PER_TOKEN = 4.0
-
-
-def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:
-    """A token estimate of a request's messages (characters / :data:`CHARS_PER_TOKEN`)."""
-    return int(sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN) + 1
-
-
-def cost_estimate(
-    judge_cfg: TeacherConfig, max_tokens: int, prompts: Sequence[Sequence[Mapping[str, str]]]
-) -> dict[str, Any]:
-    """Calls, estimated prompt tokens, the output-token cap and the maximum cost of ``prompts``
-    (each a judge request's messages) with ``judge_cfg``'s prices."""
-    prompt_tokens = sum(estimate_tokens(m) for m in prompts)
-    completion_tokens = max_tokens * len(prompts)
-    return {
-        "calls": len(prompts),
-        "prompt_tokens": prompt_tokens,
-        "max_completion_tokens": completion_tokens,
-        "max_cost_usd": (
-            prompt_tokens * judge_cfg.price_in_per_m + completion_tokens * judge_cfg.price_out_per_m
-        ) / 1e6,
-    }
-
 
 def _check_limit(limit: int | None) -> None:
     """Refuse a ``limit`` that is not a positive integer (a slice bound such as -2 would keep all
@@ -91,7 +65,7 @@ def _estimate(
         "judge": ecfg.judge.id,
         "items": len(pairs),
         "cached": len(pairs) - len(todo),
-        **cost_estimate(ecfg.judge, ecfg.judge_decoding.max_tokens, todo),
+        **engine.cost_estimate(ecfg.judge_decoding.max_tokens, todo),
     }
 
 

@@ -46,28 +46,16 @@ from typing import Any
 from sp2dpo import tracking
 from sp2dpo.core import artifacts, runlog
 from sp2dpo.core.config import ConfigError, EvalConfig, TeacherConfig, TrainConfig, flatten
-from sp2dpo.core.sampling import seeded_subset
 from sp2dpo.core.stopping import GracefulStop
-from sp2dpo.evaluate import alpaca, answers, generate, ifeval, prefeval, suites, winrate
+from sp2dpo.evaluate import answers, prefeval, suites
 from sp2dpo.evaluate.arenahard import DEFAULT_PROMPT_DIR as ARENA_HARD_PROMPTS
 from sp2dpo.evaluate.calls import EvalCalls
 from sp2dpo.evaluate.generate import BASE_METHOD as BASE
 from sp2dpo.evaluate.generate import generator_name
 from sp2dpo.evaluate.judges.engine import JudgeEngine, check_judge_independent
-from sp2dpo.evaluate.judges.pairwise import (
-    VOLATILE_SUMMARY_KEYS,
-    PairwiseJudge,
-    annotate_pairs,
-    stable_annotations,
-    stable_summary,
-)
 from sp2dpo.evaluate.judges.prompts import DEFAULT_PROMPTS_DIR
-from sp2dpo.evaluate.lc import OfficialLCInputs
 
 log = logging.getLogger(__name__)
-
-#: Hash domains of the seeded evaluation subsets (see :mod:`sp2dpo.core.sampling`).
-ALPACA_DOMAIN = "alpaca-eval-subset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +97,16 @@ class EvalPaths:
     def method_outputs(self, method: str) -> Path:
         return self.outputs / method
 
+    def context(self, engine: JudgeEngine, student: str) -> suites.Context:
+        """What the suites of ``student`` read and where they write."""
+        return suites.Context(
+            engine=engine,
+            judge_prompts=self.judge_prompts,
+            arena_hard_prompts=self.arena_hard_prompts,
+            generator=lambda method: generator_name(student, method),
+            outputs=self.method_outputs,
+        )
+
 
 def evaluated_methods(ecfg: EvalConfig, train: TrainConfig, trained: Sequence[str]) -> list[str]:
     """``eval.methods``, or ``base`` + every trained method (``matrix.methods``); each checked
@@ -121,12 +119,6 @@ def evaluated_methods(ecfg: EvalConfig, train: TrainConfig, trained: Sequence[st
             f"eval.methods: {', '.join(unknown)} not in train.methods ({', '.join(known)}) or '{BASE}'"
         )
     return methods
-
-
-def select_instructions(reference: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
-    """The seeded AlpacaEval subset, in AlpacaEval order."""
-    keep = seeded_subset([r["instruction"] for r in reference], limit, seed, ALPACA_DOMAIN)
-    return [reference[i] for i in keep]
 
 
 def run(
@@ -157,7 +149,7 @@ def run(
     methods = evaluated_methods(ecfg, train, trained)
 
     # Judge independence is checked before any model loads.
-    judge_cfg, judge_decoding = ecfg.judge, ecfg.judge_decoding
+    judge_cfg = ecfg.judge
     judge_warning = check_judge_independent(judge_cfg, teachers, ecfg.allow_teacher_judge)
     if judge_warning:
         log.warning("%s", judge_warning)
@@ -169,36 +161,19 @@ def run(
                 f"`dvc repro train@{student.name}-{method}` first"
             )
 
-    ae = ecfg.alpaca_eval
-    reference_path = Path(ae.reference_outputs)
-    reference = alpaca.read_model_outputs(reference_path)
-    items = select_instructions(reference, ae.limit, ae.seed) if ae.enabled else []
-    prompts = (
-        ifeval.load_prompts(ecfg.ifeval.input, ecfg.ifeval.limit, ecfg.ifeval.seed)
-        if ecfg.ifeval.enabled
-        else []
-    )
-    mtb, ah = ecfg.mt_bench, ecfg.arena_hard
-    mt_questions = suites.mt_bench_questions(mtb) if mtb.enabled else []
-    ah_questions = suites.arena_hard_questions(ah) if ah.enabled else []
-    log.info(
-        "eval %s: %s on %d AlpacaEval instructions, %d MT-Bench questions, %d IFEval prompts, "
-        "%d Arena-Hard prompts",
-        student.name, ", ".join(methods), len(items), len(mt_questions), len(prompts),
-        len(ah_questions),
-    )
+    calls = EvalCalls(paths.calls)
+    engine = JudgeEngine(judge_cfg, calls)
+    every = suites.build(ecfg, paths.context(engine, student.name))
+    enabled = [suite for suite in every if suite.enabled]
+    log.info("eval %s: %s on %s", student.name, ", ".join(methods),
+             ", ".join(suite.describe() for suite in enabled) or "no suite")
 
-    def name(method: str) -> str:
-        return generator_name(student.name, method)
-
-    answers_by: dict[str, list[dict[str, Any]]] = {}
-    ifeval_answers: dict[str, dict[Any, str]] = {}
-    mt_answers: dict[str, list[tuple[str, str]]] = {}
-    ah_answers: dict[str, list[str]] = {}
+    # answers[suite][method]: per conversation, the answer of each user turn
+    answered: dict[str, dict[str, list[list[str]]]] = {suite.name: {} for suite in enabled}
     held_out: dict[str, dict[str, Any]] = {}
     timings: dict[str, dict[str, float]] = {method: {} for method in methods}
-    by_method: dict[str, Any] = {}
-    with EvalCalls(paths.calls) as calls, GracefulStop(f"eval {student.name}") as stopping:
+    by_method: dict[str, dict[str, Any]] = {method: {} for method in methods}
+    with calls, GracefulStop(f"eval {student.name}") as stopping:
         # 1. answers (one student load per method, only when some answer is missing)
         gen = ecfg.generation
         for method in methods:
@@ -206,32 +181,13 @@ def run(
                 break
             started = time.perf_counter()
             adapter = None if method == BASE else paths.adapter(method)
-            folder = paths.method_outputs(method)
-            folder.mkdir(parents=True, exist_ok=True)
+            paths.method_outputs(method).mkdir(parents=True, exist_ok=True)
             with answers.open_answerer(student, method, adapter, ecfg.server, calls) as answerer:
-
-                def answer(turns: list[list[str]], cap: int, a: Any = answerer) -> list[list[str]]:
-                    return a.answer(turns, gen, cap)
-
-                if items:
-                    texts = answerer.answer_instructions([i["instruction"] for i in items], gen)
-                    answers_by[method] = generate.model_outputs(items, texts, name(method))
-                    alpaca.write_model_outputs(answers_by[method], folder / "model_outputs.json")
-                if mt_questions:
-                    mt_answers[method] = suites.answer_mt_bench(mtb, mt_questions, answer)
-                    suites.write_mt_bench_answers(
-                        mt_questions, mt_answers[method], name(method), folder / "mt_bench_answers.jsonl"
-                    )
-                if prompts:
-                    responses = answerer.answer_instructions(
-                        [p.prompt for p in prompts], gen, ecfg.ifeval.max_new_tokens
-                    )
-                    ifeval_answers[method] = {p.key: r for p, r in zip(prompts, responses, strict=True)}
-                if ah_questions:
-                    ah_answers[method] = suites.answer_arena_hard(ah, ah_questions, answer)
-                    suites.write_arena_hard_answers(
-                        ah_questions, ah_answers[method], name(method), folder / "arena_hard_answers.jsonl"
-                    )
+                for suite in enabled:
+                    asked = suite.conversations()
+                    got = answerer.answer(asked.turns, gen, asked.max_new_tokens)
+                    answered[suite.name][method] = got
+                    suite.write_answers(method, got)
             timings[method]["timing/generation_s"] = time.perf_counter() - started
             if ecfg.prefeval.enabled and not stopping.stopped:
                 started = time.perf_counter()
@@ -241,83 +197,41 @@ def run(
                     chat_template=student.chat_template, limit=pe.limit,
                     max_length=pe.max_length, max_prompt_length=pe.max_prompt_length,
                     batch_size=pe.batch_size, rounds=pe.rounds, seed=pe.seed, device=None,
-                    out=folder / "prefeval.jsonl",
+                    out=paths.method_outputs(method) / "prefeval.jsonl",
                 )
                 timings[method]["timing/prefeval_s"] = time.perf_counter() - started
             gc.collect()
         stopping.raise_if_stopped(_kept(calls, paths.calls))
 
-        # 2. judges + win rates and scores, 3. IFEval
-        official = (
-            OfficialLCInputs.read(ae.instruction_difficulty, ae.df_gamed)
-            if ae.instruction_difficulty and ae.df_gamed
-            else None
-        )
-        engine = JudgeEngine(judge_cfg, calls)
-        pairwise = PairwiseJudge(
-            engine, judge_decoding, seed=ae.seed, prompts_dir=paths.judge_prompts
-        )
-        by_method.update({method: {} for method in methods})
+        # 2. judges and scores, suite by suite (one judge engine, loaded at most once)
         try:
-            for method in methods if items else ():
-                annotations, judge_summary = annotate_pairs(
-                    pairwise, items, answers_by[method], seed=ae.seed, stop=stopping.stop
-                )
-                stopping.raise_if_stopped(_kept(calls, paths.calls))
-                timings[method].update({f"timing/judge_{k}": float(judge_summary[k])
-                                        for k in VOLATILE_SUMMARY_KEYS})
-                by_method[method] = _alpaca_entry(
-                    student.name, method, annotations, judge_summary, paths, reference,
-                    reference_path, official,
-                )
-            if mt_questions:
-                grader, templates = suites.mt_bench_grader(mtb, engine, judge_decoding)
-                mt = suites.judge_mt_bench(
-                    mtb, mt_questions, mt_answers, name, grader, templates, paths.method_outputs,
-                    stopping.stop,
-                )
-                stopping.raise_if_stopped(_kept(calls, paths.calls))
-                assert mt is not None
-                for method in methods:
-                    by_method[method]["mt_bench"] = mt[method]
-            for method in methods:
-                if prompts:
-                    result = ifeval.score(prompts, ifeval_answers[method])
-                    ifeval.write_results(result, paths.method_outputs(method) / "ifeval.jsonl")
-                    by_method[method]["ifeval"] = ifeval.summary(result)
-            if ah_questions:
-                grader, ah_prompt = suites.arena_hard_grader(
-                    ah, engine, judge_decoding, paths.arena_hard_prompts
-                )
-                scored = suites.judge_arena_hard(
-                    ah, ah_questions, ah_answers, name, grader, ah_prompt, paths.method_outputs,
-                    stopping.stop,
-                )
+            for suite in enabled:
+                scored = suite.evaluate(answered[suite.name], stopping.stop)
                 stopping.raise_if_stopped(_kept(calls, paths.calls))
                 assert scored is not None
-                for method in methods:
-                    by_method[method]["arena_hard"] = scored[method]
+                for method, sections in scored.entries.items():
+                    by_method[method].update(sections)
+                for method, measured in scored.timings.items():
+                    timings[method].update(measured)
         finally:
             engine.close()
         call_counts = calls.counts()
     for method, summary in held_out.items():
         by_method[method]["prefeval"] = summary
 
-    report = {
+    report: dict[str, Any] = {
         "student": student.name,
         "methods": by_method,
-        "n_instructions": len(items),
-        "n_ifeval_prompts": len(prompts),
         "judge": {
             "id": judge_cfg.id,
             "backend": judge_cfg.backend,
             "model": judge_cfg.model,
             "is_teacher": bool(judge_warning),
         },
-        "suites": [s for s in SUITES if any(s in e for e in by_method.values())],
+        "suites": [s.name for s in every if any(s.name in e for e in by_method.values())],
     }
-    if items:
-        report["length_controlled_method"] = by_method[methods[0]]["alpaca_eval"]["length_controlled_method"]
+    for suite in every:
+        report.update(suite.report_fields(by_method))
     artifacts.write_json(report, paths.report)
     if paths.run_log is not None:
         runlog.write(paths.run_log, {"stage": "eval", "student": student.name, "timings": timings,
@@ -344,17 +258,17 @@ def run(
     return report
 
 
-#: The suites in the paper's reporting order (AE2 -> MT-Bench -> IFEval -> Arena-Hard-Auto).
-SUITES = ("alpaca_eval", "mt_bench", "ifeval", "arena_hard")
-#: Sections of a method's metrics: the suites, then the held-out preference accuracy.
-METRIC_SECTIONS = (*SUITES, "prefeval")
+def metric_sections() -> tuple[str, ...]:
+    """Sections of a method's metrics: the registered suites in order, then the held-out
+    preference accuracy."""
+    return (*suites.names(), "prefeval")
 
 
-def flat_metrics(entry: dict[str, Any]) -> dict[str, float | None]:
+def flat_metrics(entry: Mapping[str, Any]) -> dict[str, float | None]:
     """The numeric results of one method as flat MLflow metric names (``alpaca_eval/win_rate``;
     an interval ``ci`` as ``ci_low`` and ``ci_high``)."""
     out: dict[str, float | None] = {}
-    for section in METRIC_SECTIONS:
+    for section in metric_sections():
         for key, value in (entry.get(section) or {}).items():
             if (key == "ci" or key.endswith("_ci")) and isinstance(value, list) and len(value) == 2:
                 stem = "" if key == "ci" else key[: -len("ci")]
@@ -374,38 +288,3 @@ def _kept(calls: EvalCalls, where: Path | None) -> str:
         f"stored in {where or 'memory (no call store)'}; re-run to continue (stored calls are "
         "never made again)"
     )
-
-
-def _alpaca_entry(
-    student: str,
-    method: str,
-    annotations: list[dict[str, Any]],
-    judge_summary: dict[str, Any],
-    paths: EvalPaths,
-    reference: list[dict[str, Any]],
-    reference_path: Path,
-    official: OfficialLCInputs | None,
-) -> dict[str, Any]:
-    """Write one method's AlpacaEval annotations (and failures); its WR/LC entry."""
-    annotations = stable_annotations(annotations)
-    folder = paths.method_outputs(method)
-    judged = [a for a in annotations if a.get("preference") is not None]
-    failed = [a for a in annotations if a.get("preference") is None]
-    if failed:
-        log.warning(
-            "eval %s-%s: %d of %d judge annotations failed (%s); win rates use the rest",
-            student, method, len(failed), len(annotations), judge_summary["status"],
-        )
-        artifacts.write_json(failed, folder / "judge_failures.json")
-    else:
-        (folder / "judge_failures.json").unlink(missing_ok=True)
-    if not judged:
-        raise RuntimeError(f"eval {student}-{method}: every judge annotation failed")
-    annotations_path = folder / "annotations.json"
-    alpaca.write_annotations(judged, annotations_path)
-    rates = winrate.json_ready(winrate.evaluate_annotations(
-        alpaca.validate_annotations(judged, str(annotations_path)),
-        reference=reference, official=official, source=str(annotations_path),
-        reference_source=str(reference_path),
-    ))
-    return {"alpaca_eval": rates, "judge": stable_summary(judge_summary)}

@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 from sp2dpo.core.config import DecodingConfig, TeacherConfig
 from sp2dpo.core.errors import UserError
 from sp2dpo.evaluate.calls import JUDGE, EvalCalls, judge_key
-from sp2dpo.llm import models
+from sp2dpo.llm import costs, models
 from sp2dpo.llm.local import LocalScorer
 from sp2dpo.llm.teachers import RetriedCall, RetryingCaller, signature
 
@@ -121,6 +121,11 @@ def judge_signature(judge: TeacherConfig, decoding: DecodingConfig, *, scorer: s
             "max_input_tokens": judge.max_input_tokens,
         }
     return signature(dataclasses.replace(judge, structured_output="none"), decoding)
+
+
+def request_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+    """A judge request's prompt-token estimate: its characters / ``CHARS_PER_TOKEN``, plus one."""
+    return costs.estimate_tokens(messages) + 1
 
 
 class JudgeMode(Protocol[R_contra]):
@@ -234,10 +239,19 @@ class JudgeEngine:
 
     def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
         """USD cost of the given token counts at the judge's prices."""
-        return (
-            (prompt_tokens or 0) * self.cfg.price_in_per_m
-            + (completion_tokens or 0) * self.cfg.price_out_per_m
-        ) / 1e6
+        return costs.price_usd(self.cfg, prompt_tokens, completion_tokens)
+
+    def cost_estimate(self, max_tokens: int, requests: Sequence[Sequence[Mapping[str, str]]]) -> dict[str, Any]:
+        """Calls, estimated prompt tokens, the output-token cap and the maximum cost of
+        ``requests`` (each a judge request's messages) at the judge's prices."""
+        prompt_tokens = sum(request_tokens(m) for m in requests)
+        completion_tokens = max_tokens * len(requests)
+        return {
+            "calls": len(requests),
+            "prompt_tokens": prompt_tokens,
+            "max_completion_tokens": completion_tokens,
+            "max_cost_usd": self.cost(prompt_tokens, completion_tokens),
+        }
 
     def latency_s(self, key: str) -> float:
         """Wall time of the call of ``key`` made by this engine (0.0 for a stored record)."""

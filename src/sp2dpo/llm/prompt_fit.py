@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def fit_prompt(
         (capped, max(map(len, spans), default=0)),
         (cut_head, len(head_spans)),
     ):
-        best = _largest_fitting(build, attempt, upper, budget)
+        best = largest_fitting(lambda cap, b=build: attempt(b(cap)), lambda found: found[1], upper, budget)
         if best is not None:
             prompt, n_tokens = best
             log.debug("prompt trimmed to %d tokens (budget %d)", n_tokens, budget)
@@ -193,21 +194,26 @@ def fit_prompt(
     )
 
 
-def _largest_fitting(
-    build: Callable[[int], str],
-    attempt: Callable[[str], tuple[str, int]],
+T = TypeVar("T")
+
+
+def largest_fitting(
+    build: Callable[[int], T],
+    size: Callable[[T], int],
     upper: int,
     budget: int,
-) -> tuple[str, int] | None:
-    """Binary search of the largest cap in ``[0, upper)`` whose prompt fits ``budget``."""
-    found = attempt(build(0))
-    if found[1] > budget:
+) -> T | None:
+    """``build(cap)`` for the largest cap in ``[0, upper)`` whose ``size`` fits ``budget``
+    (binary search; ``build(upper)`` is taken not to fit); None when even ``build(0)`` does
+    not fit."""
+    found = build(0)
+    if size(found) > budget:
         return None
-    low, high = 0, upper  # build(low) fits; build(upper) is the untrimmed text, which does not
+    low, high = 0, upper
     while high - low > 1:
         mid = (low + high) // 2
-        candidate = attempt(build(mid))
-        if candidate[1] <= budget:
+        candidate = build(mid)
+        if size(candidate) <= budget:
             low, found = mid, candidate
         else:
             high = mid

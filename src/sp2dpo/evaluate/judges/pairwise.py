@@ -58,7 +58,7 @@ from sp2dpo.evaluate.alpaca import ANNOTATION_KEYS
 from sp2dpo.evaluate.judges.engine import JudgeEngine, judge_signature
 from sp2dpo.evaluate.judges.prompts import DEFAULT_PROMPTS_DIR, LABELS, JudgePrompt
 from sp2dpo.llm.local import LocalScorer
-from sp2dpo.llm.prompt_fit import cut_middle
+from sp2dpo.llm.prompt_fit import cut_middle, largest_fitting
 from sp2dpo.llm.teachers import RetriedCall
 
 #: The reference generator of AlpacaEval 2.0.
@@ -271,18 +271,8 @@ class PairwiseJudge:
         def build(cap: int) -> list[int]:
             return ids_for(cut_middle(first, offsets[0], cap), cut_middle(second, offsets[1], cap))
 
-        best = build(0)
-        if len(best) > budget:
-            return None
-        low, high = 0, max(len(o) for o in offsets)
-        while high - low > 1:
-            mid = (low + high) // 2
-            candidate = build(mid)
-            if len(candidate) <= budget:
-                low, best = mid, candidate
-            else:
-                high = mid
-        return best, True
+        best = largest_fitting(build, len, max(len(o) for o in offsets), budget)
+        return None if best is None else (best, True)
 
     def ask_local(self, scorer: LocalScorer, request: PairRequest) -> dict[str, Any]:
         """The verdict record from the next-token probabilities of the two labels."""

@@ -84,8 +84,8 @@ def main() -> None:
         sys.exit(f"{ALPACA} missing: run `dvc pull evalsets.dvc` first")
 
     t0 = time.perf_counter()
-    from sp2dpo.evaluate import alpaca, winrate
-    from sp2dpo.evaluate import lc as lc_glm
+    from sp2dpo.evaluate.benchmarks import alpaca, winrate
+    from sp2dpo.evaluate.benchmarks import lc as lc_glm
 
     import_s = time.perf_counter() - t0
     bases = [

@@ -1,4 +1,4 @@
-"""Tests of sp2dpo/evaluate/alpaca.py: AlpacaEval file formats, checks and atomic writers."""
+"""Tests of sp2dpo/evaluate/benchmarks/alpaca.py: AlpacaEval file formats, checks and atomic writers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sp2dpo.evaluate import alpaca
-from sp2dpo.evaluate.alpaca import AlpacaEvalFormatError
+from sp2dpo.evaluate.benchmarks import alpaca
+from sp2dpo.evaluate.benchmarks.alpaca import AlpacaEvalFormatError
 
 MODELS = ["alpaca-7b", "gpt-3.5-turbo-1106", "OpenHermes-2.5-Mistral-7B", "gpt4_gamed"]
 

@@ -20,7 +20,7 @@ import pytest
 from sp2dpo.core.config import ConfigError, EvalConfig, GenerationConfig, StudentConfig, build
 from sp2dpo.core.config.evaluate import AnswerServerConfig
 from sp2dpo.evaluate import answers as ans
-from sp2dpo.evaluate import generate as gen
+from sp2dpo.evaluate.answers import generate as gen
 from sp2dpo.evaluate.calls import ANSWER, EvalCalls
 from sp2dpo.llm import models
 from sp2dpo.llm.client import AuthError

@@ -1,4 +1,4 @@
-"""Tests of sp2dpo/evaluate/arenahard.py and ``sp2dpo arenahard``: the official Arena-Hard-Auto
+"""Tests of sp2dpo/evaluate/benchmarks/arenahard.py and ``sp2dpo arenahard``: the official Arena-Hard-Auto
 v0.1 scores from the staged battle table, battles from judgments worked out by hand, the
 Bradley-Terry fit against closed forms and independent optimisers, verdict parsing, our judge
 prompt, and input errors."""
@@ -19,9 +19,9 @@ import pytest
 from scipy.optimize import minimize
 
 from sp2dpo.core.errors import UserError
-from sp2dpo.evaluate import arenahard as ah
-from sp2dpo.evaluate.arenahard import Battle
-from sp2dpo.evaluate.evalfiles import BenchmarkInputError
+from sp2dpo.evaluate.benchmarks import arenahard as ah
+from sp2dpo.evaluate.benchmarks.arenahard import Battle
+from sp2dpo.evaluate.benchmarks.evalfiles import BenchmarkInputError
 from tests.conftest import ROOT
 
 BATTLES = "arena_hard_battles_gpt-4-0613_gpt-3.5-turbo-0125.jsonl.gz"

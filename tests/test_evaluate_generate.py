@@ -1,4 +1,4 @@
-"""Tests of student generation (`sp2dpo.evaluate.generate`) with the real SmolLM2-135M-Instruct.
+"""Tests of student generation (`sp2dpo.evaluate.answers.generate`) with the real SmolLM2-135M-Instruct.
 
 The slow tests load the packaged student once per module; the adapter test builds a tiny LoRA
 adapter in a temporary folder (as `train` saves one: adapter + tokenizer + chat template)
@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 
 from sp2dpo.core.config import GenerationConfig, StudentConfig
-from sp2dpo.evaluate import generate as gen
+from sp2dpo.evaluate.answers import generate as gen
 from sp2dpo.llm import models
 
 INSTRUCTIONS = [

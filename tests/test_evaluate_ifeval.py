@@ -1,4 +1,4 @@
-"""Tests for ``sp2dpo.evaluate.ifeval``: real prompts, real checkers, hand-written responses."""
+"""Tests for ``sp2dpo.evaluate.benchmarks.ifeval``: real prompts, real checkers, hand-written responses."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 
 from sp2dpo import cli
-from sp2dpo.evaluate import ifeval, ifeval_checkers, punkt
-from sp2dpo.evaluate.ifeval import (
+from sp2dpo.evaluate.benchmarks import ifeval, ifeval_checkers, punkt
+from sp2dpo.evaluate.benchmarks.ifeval import (
     IFEvalError,
     IFEvalInputError,
     IFEvalPrompt,
@@ -201,10 +201,10 @@ def test_responses_outside_the_scored_subset_are_ignored_and_counted(
         {"key": 2, "response": "b"},
         {"prompt": "Prompt number 3.", "response": "c"},
     ])
-    with caplog.at_level("INFO", logger="sp2dpo.evaluate.ifeval_inputs"):
+    with caplog.at_level("INFO", logger="sp2dpo.evaluate.benchmarks.ifeval_inputs"):
         got = ifeval.load_responses(path, RESPONSE_PROMPTS[:1], known=RESPONSE_PROMPTS)
     assert got == {1: "a"}
-    notes = [r.getMessage() for r in caplog.records if r.name == "sp2dpo.evaluate.ifeval_inputs"]
+    notes = [r.getMessage() for r in caplog.records if r.name == "sp2dpo.evaluate.benchmarks.ifeval_inputs"]
     assert notes == [f"{path}: 2 response(s) to prompts outside the scored subset ignored"]
     with pytest.raises(IFEvalInputError, match=r"r\.jsonl:2: field 'key': no prompt with key 2"):
         ifeval.load_responses(path, RESPONSE_PROMPTS[:1])

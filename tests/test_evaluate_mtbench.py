@@ -1,4 +1,4 @@
-"""Tests of sp2dpo/evaluate/mtbench.py and ``sp2dpo mtbench``: the published MT-Bench scores from
+"""Tests of sp2dpo/evaluate/benchmarks/mtbench.py and ``sp2dpo mtbench``: the published MT-Bench scores from
 the staged GPT-4 judgments, -1 ratings dropped, FastChat's rating parser and judge prompt choice,
 and input errors."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sp2dpo.core.errors import UserError
-from sp2dpo.evaluate import mtbench as mt
-from sp2dpo.evaluate.evalfiles import BenchmarkInputError
+from sp2dpo.evaluate.benchmarks import mtbench as mt
+from sp2dpo.evaluate.benchmarks.evalfiles import BenchmarkInputError
 from tests.conftest import ROOT
 
 JUDGMENTS = "gpt-4_single.alpaca-13b_gpt-3.5-turbo.jsonl.gz"

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from sp2dpo.core.errors import OutputPathError
-from sp2dpo.evaluate import generate, prefeval, prefpairs
-from sp2dpo.evaluate.evalfiles import BenchmarkInputError
+from sp2dpo.evaluate import prefeval, prefpairs
+from sp2dpo.evaluate.answers import generate
+from sp2dpo.evaluate.benchmarks.evalfiles import BenchmarkInputError
 from sp2dpo.llm import models
 from tests.conftest import EVALSETS, ROOT, tool_env
 

@@ -25,7 +25,7 @@ def test_methods_default_to_base_plus_every_trained_method():
 
 
 def test_instruction_subset_is_seeded_and_keeps_alpaca_eval_order(evalsets):
-    from sp2dpo.evaluate import alpaca
+    from sp2dpo.evaluate.benchmarks import alpaca
 
     reference = alpaca.read_model_outputs(evalsets / "alpaca_eval" / "gpt4_1106_preview.json.gz")
     order = {r["instruction"]: i for i, r in enumerate(reference)}
@@ -49,7 +49,7 @@ def _no_model(monkeypatch):
     def boom(*args, **kwargs):  # pragma: no cover - must not be reached
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("sp2dpo.evaluate.generate.load_student", boom)
+    monkeypatch.setattr("sp2dpo.evaluate.answers.generate.load_student", boom)
 
 
 def test_a_judge_that_is_a_teacher_is_refused_before_any_model_loads(tmp_path, monkeypatch):

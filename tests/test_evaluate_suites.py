@@ -20,7 +20,8 @@ from sp2dpo.core.config import (
     TeacherConfig,
     build,
 )
-from sp2dpo.evaluate import arenahard, mtbench, suites
+from sp2dpo.evaluate import suites
+from sp2dpo.evaluate.benchmarks import arenahard, mtbench
 from sp2dpo.evaluate.calls import EvalCalls
 from sp2dpo.evaluate.judges.engine import JudgeEngine
 from sp2dpo.evaluate.judges.graded import LabelGrader, Question

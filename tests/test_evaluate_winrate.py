@@ -1,4 +1,4 @@
-"""Tests of sp2dpo/evaluate/winrate.py: leaderboard metrics, the LC GLM and ``sp2dpo winrate``."""
+"""Tests of sp2dpo/evaluate/benchmarks/winrate.py: leaderboard metrics, the LC GLM and ``sp2dpo winrate``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from scipy.optimize import minimize
 
 from sp2dpo import cli
-from sp2dpo.evaluate import alpaca, winrate
-from sp2dpo.evaluate import lc as lc_glm
-from sp2dpo.evaluate.lc import LENGTH_CONTROLLED_V1, OFFLINE_ESTIMATE, OfficialLCInputs
+from sp2dpo.evaluate.benchmarks import alpaca, winrate
+from sp2dpo.evaluate.benchmarks import lc as lc_glm
+from sp2dpo.evaluate.benchmarks.lc import LENGTH_CONTROLLED_V1, OFFLINE_ESTIMATE, OfficialLCInputs
 
 MODELS = ["alpaca-7b", "gpt-3.5-turbo-1106", "OpenHermes-2.5-Mistral-7B", "gpt4_gamed"]
 #: The pinned output keys of `sp2dpo winrate`.
@@ -535,7 +535,7 @@ def test_three_item_file_prints_no_liblinear_warnings_and_reports_them_once(
     path = tmp_path / "three.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
     capfd.readouterr()
-    with caplog.at_level("INFO", logger="sp2dpo.evaluate.lc"):
+    with caplog.at_level("INFO", logger="sp2dpo.evaluate.benchmarks.lc"):
         metrics = winrate.evaluate_file(path)
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
@@ -543,7 +543,7 @@ def test_three_item_file_prints_no_liblinear_warnings_and_reports_them_once(
     # the numbers are those computed before the warnings were silenced
     assert metrics["length_controlled_winrate"] == pytest.approx(lc_before, rel=1e-12)
     assert metrics["n_total"] == 3 and set(metrics) >= KEYS
-    notes = [r.getMessage() for r in caplog.records if r.name == "sp2dpo.evaluate.lc"]
+    notes = [r.getMessage() for r in caplog.records if r.name == "sp2dpo.evaluate.benchmarks.lc"]
     assert len(notes) == 1
     assert notes[0].startswith(f"length-controlled GLM: {one_class_fits} of 4 liblinear fits")
     assert "'class label N specified in weight is not found'" in notes[0]
@@ -552,8 +552,8 @@ def test_three_item_file_prints_no_liblinear_warnings_and_reports_them_once(
 
 
 def test_fit_of_two_sided_folds_reports_nothing(frames, caplog):
-    with caplog.at_level("INFO", logger="sp2dpo.evaluate.lc"):
+    with caplog.at_level("INFO", logger="sp2dpo.evaluate.benchmarks.lc"):
         lc = lc_glm.length_controlled_winrate(frames["gpt-3.5-turbo-1106"])
     assert lc.fit.one_class_fits == 0
     assert lc.winrate == pytest.approx(OFFLINE_LC["gpt-3.5-turbo-1106"], rel=1e-9)
-    assert [r for r in caplog.records if r.name == "sp2dpo.evaluate.lc"] == []
+    assert [r for r in caplog.records if r.name == "sp2dpo.evaluate.benchmarks.lc"] == []

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from sp2dpo.core.config import DecodingConfig, TeacherConfig
-from sp2dpo.evaluate import arenahard, mtbench
+from sp2dpo.evaluate.benchmarks import arenahard, mtbench
 from sp2dpo.evaluate.judges import pairwise
 from sp2dpo.evaluate.judges.engine import JudgeEngine
 from sp2dpo.evaluate.judges.pairwise import PairwiseJudge

@@ -8,7 +8,8 @@ from typing import Any
 from sp2dpo.cli.common import Subparsers, positive_int, rounds_int, seed_int
 from sp2dpo.core import artifacts
 from sp2dpo.core.entry import print_json
-from sp2dpo.evaluate import arenahard, ifeval, mtbench, prefeval, winrate
+from sp2dpo.evaluate import prefeval
+from sp2dpo.evaluate.benchmarks import arenahard, ifeval, mtbench, winrate
 
 # ------------------------------------------------------------------------------ metrics tools
 

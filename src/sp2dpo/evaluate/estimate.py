@@ -22,9 +22,9 @@ from typing import Any
 from sp2dpo.core.config import EvalConfig, TrainConfig
 from sp2dpo.evaluate import suites
 from sp2dpo.evaluate.answers import Answerer, StudentKey
+from sp2dpo.evaluate.answers.generate import BASE_METHOD as BASE
+from sp2dpo.evaluate.answers.generate import generator_name
 from sp2dpo.evaluate.calls import EvalCalls
-from sp2dpo.evaluate.generate import BASE_METHOD as BASE
-from sp2dpo.evaluate.generate import generator_name
 from sp2dpo.evaluate.judges.engine import JudgeEngine
 from sp2dpo.llm.costs import CHARS_PER_TOKEN
 

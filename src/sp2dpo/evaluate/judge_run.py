@@ -19,7 +19,7 @@ from typing import Any
 from sp2dpo.core import artifacts
 from sp2dpo.core.config import EvalConfig
 from sp2dpo.core.stopping import GracefulStop
-from sp2dpo.evaluate import alpaca
+from sp2dpo.evaluate.benchmarks import alpaca
 from sp2dpo.evaluate.calls import EvalCalls
 from sp2dpo.evaluate.judges.engine import JudgeEngine
 from sp2dpo.evaluate.judges.pairwise import PairwiseJudge, stable_annotations

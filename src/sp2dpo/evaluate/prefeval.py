@@ -77,7 +77,7 @@ from typing import Any
 import numpy as np
 
 from sp2dpo.core import artifacts
-from sp2dpo.evaluate import generate
+from sp2dpo.evaluate.answers import generate
 from sp2dpo.evaluate.prefpairs import Pair, PairsRead, read_pairs
 from sp2dpo.llm import models
 
@@ -432,7 +432,7 @@ def run(
     """Read the pairs, load the student (adapter kept unmerged), score and summarise.
 
     The pairs and the options are checked before any weights load. The model and tokenizer come
-    from :func:`sp2dpo.evaluate.generate.load_student` (the adapter folder's tokenizer when it
+    from :func:`sp2dpo.evaluate.answers.generate.load_student` (the adapter folder's tokenizer when it
     has one, ``chat_template`` overriding the template: a template file or Jinja text;
     ``device`` ``cpu`` in float32, ``None``: CUDA in bfloat16 when available). ``out``: also
     write the per-pair records (:func:`pair_records`) as JSON Lines.

@@ -7,7 +7,7 @@ Hub rows whose ``chosen`` / ``rejected`` are message lists (the reply is the las
 message). A pair whose two replies are identical carries no preference and is dropped; a pair
 with an empty reply is dropped as the ``filter`` stage drops it from training data; both are
 counted. Bad rows stop with the file, row and field. A gzip file read only in part (``limit``)
-is still checked to its end (:func:`~sp2dpo.evaluate.evalfiles.check_gzip_intact`): a file cut
+is still checked to its end (:func:`~sp2dpo.evaluate.benchmarks.evalfiles.check_gzip_intact`): a file cut
 short is an error whatever the limit.
 """
 
@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core.artifacts import check_input
-from sp2dpo.evaluate.evalfiles import BenchmarkInputError, check_gzip_intact, is_gzip, iter_jsonl
+from sp2dpo.evaluate.benchmarks.evalfiles import (
+    BenchmarkInputError,
+    check_gzip_intact,
+    is_gzip,
+    iter_jsonl,
+)
 
 _TABLE_SUFFIXES = (".jsonl.gz", ".jsonl", ".parquet", ".csv")
 

@@ -48,10 +48,10 @@ from sp2dpo.core import artifacts, runlog
 from sp2dpo.core.config import ConfigError, EvalConfig, TeacherConfig, TrainConfig, flatten
 from sp2dpo.core.stopping import GracefulStop
 from sp2dpo.evaluate import answers, prefeval, suites
-from sp2dpo.evaluate.arenahard import DEFAULT_PROMPT_DIR as ARENA_HARD_PROMPTS
+from sp2dpo.evaluate.answers.generate import BASE_METHOD as BASE
+from sp2dpo.evaluate.answers.generate import generator_name
+from sp2dpo.evaluate.benchmarks.arenahard import DEFAULT_PROMPT_DIR as ARENA_HARD_PROMPTS
 from sp2dpo.evaluate.calls import EvalCalls
-from sp2dpo.evaluate.generate import BASE_METHOD as BASE
-from sp2dpo.evaluate.generate import generator_name
 from sp2dpo.evaluate.judges.engine import JudgeEngine, check_judge_independent
 from sp2dpo.evaluate.judges.prompts import DEFAULT_PROMPTS_DIR
 

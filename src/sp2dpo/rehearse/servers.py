@@ -92,7 +92,7 @@ ALPACA_LABELS: tuple[str, str] = ("A", "B")
 MT_BENCH_MARKER = "[[rating]]"
 #: A verdict label our Arena-Hard prompt lists (``prompts/judge/arena_hard/system.txt``).
 ARENA_HARD_MARKER = "[[A>>B]]"
-#: Arena-Hard's verdict labels (``sp2dpo.evaluate.arenahard.VERDICT_LABELS``), A much better first.
+#: Arena-Hard's verdict labels (``sp2dpo.evaluate.benchmarks.arenahard.VERDICT_LABELS``), A much better first.
 ARENA_HARD_VERDICTS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
 #: How often each verdict is drawn (strong verdicts rarer, as real judges give them).
 _VERDICT_WEIGHTS = (0.1, 0.25, 0.3, 0.25, 0.1)

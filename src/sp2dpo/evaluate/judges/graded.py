@@ -1,8 +1,8 @@
 """A judge asked for one verdict label written ``[[label]]``: MT-Bench ratings, Arena-Hard verdicts.
 
 Both suites' judges end their answer with a bracketed label (``[[7]]``; ``[[A>B]]``), parsed by
-the suite's own rule (:func:`sp2dpo.evaluate.mtbench.parse_rating`,
-:func:`sp2dpo.evaluate.arenahard.parse_verdict`). :class:`LabelGrader` is a mode of the judge
+the suite's own rule (:func:`sp2dpo.evaluate.benchmarks.mtbench.parse_rating`,
+:func:`sp2dpo.evaluate.benchmarks.arenahard.parse_verdict`). :class:`LabelGrader` is a mode of the judge
 engine (:class:`~.engine.JudgeEngine`); by backend:
 
 - ``openai``: the judge writes its free-text evaluation (``max_tokens`` of the suite, greedy)

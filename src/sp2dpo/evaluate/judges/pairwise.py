@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core.config import ConfigError, DecodingConfig, TeacherConfig
-from sp2dpo.evaluate.alpaca import ANNOTATION_KEYS
+from sp2dpo.evaluate.benchmarks.alpaca import ANNOTATION_KEYS
 from sp2dpo.evaluate.judges.engine import JudgeEngine, judge_signature
 from sp2dpo.evaluate.judges.prompts import DEFAULT_PROMPTS_DIR, LABELS, JudgePrompt
 from sp2dpo.llm.local import LocalScorer

@@ -4,7 +4,7 @@
 version (the hash of the system text, a NUL byte and the user template; part of every judge
 call's cache key). Two folders use them: the AlpacaEval judge's (``prompts/judge/``,
 :class:`JudgePrompt`, ``string.Template`` placeholders) and the Arena-Hard judge's
-(``prompts/judge/arena_hard/``, :class:`sp2dpo.evaluate.arenahard.ArenaHardPrompt`, ``str.format``
+(``prompts/judge/arena_hard/``, :class:`sp2dpo.evaluate.benchmarks.arenahard.ArenaHardPrompt`, ``str.format``
 placeholders); each checks its own placeholders.
 """
 

@@ -1,7 +1,7 @@
 """AlpacaEval 2.0 in the eval stage: the seeded instruction subset, each evaluated model's
 answers in AlpacaEval's ``model_outputs.json``, the pairwise judge against the reference
 outputs (:class:`sp2dpo.evaluate.judges.pairwise.PairwiseJudge`), and WR / LC
-(:mod:`sp2dpo.evaluate.winrate`) from the annotations, written as ``annotations.json`` (failed
+(:mod:`sp2dpo.evaluate.benchmarks.winrate`) from the annotations, written as ``annotations.json`` (failed
 ones in ``judge_failures.json``)."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any, ClassVar
 from sp2dpo.core import artifacts
 from sp2dpo.core.config import AlpacaEvalConfig, EvalConfig
 from sp2dpo.core.sampling import seeded_subset
-from sp2dpo.evaluate import alpaca, generate, winrate
+from sp2dpo.evaluate.answers import generate
+from sp2dpo.evaluate.benchmarks import alpaca, winrate
+from sp2dpo.evaluate.benchmarks.lc import OfficialLCInputs
 from sp2dpo.evaluate.judges import pairwise
-from sp2dpo.evaluate.lc import OfficialLCInputs
 from sp2dpo.evaluate.suites.base import Answers, Context, Conversations, JudgeBatch, Scored
 
 log = logging.getLogger(__name__)

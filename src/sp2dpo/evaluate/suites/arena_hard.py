@@ -1,5 +1,5 @@
 """Arena-Hard-Auto v0.1 in the eval stage: a seeded subset of the prompts, one answer each, two
-games per prompt against the baseline's answer (:meth:`sp2dpo.evaluate.arenahard.ArenaHardPrompt.games`:
+games per prompt against the baseline's answer (:meth:`sp2dpo.evaluate.benchmarks.arenahard.ArenaHardPrompt.games`:
 game 1 shows the baseline as A, game 2 swaps them) through
 :class:`sp2dpo.evaluate.judges.graded.LabelGrader`, and the official scoring.
 
@@ -7,7 +7,7 @@ Files, per method: answers in the official ``model_answer`` layout
 (``arena_hard_answers.jsonl``) and one judgment row per prompt with its two games
 (``arena_hard_judgments.jsonl``; ``games[i].score`` the verdict label). The battles of every
 evaluated model are pooled against the baseline and scored by
-:func:`sp2dpo.evaluate.arenahard.score_battles` (Bradley-Terry win rate against the baseline,
+:func:`sp2dpo.evaluate.benchmarks.arenahard.score_battles` (Bradley-Terry win rate against the baseline,
 seeded bootstrap interval), with the distribution of the five verdict labels.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from sp2dpo.core.config import ArenaHardConfig, EvalConfig
 from sp2dpo.core.sampling import seeded_subset
-from sp2dpo.evaluate import arenahard
+from sp2dpo.evaluate.benchmarks import arenahard
 from sp2dpo.evaluate.judges.graded import LabelGrader, Question
 from sp2dpo.evaluate.suites.base import (
     Answers,

@@ -1,5 +1,5 @@
 """IFEval in the eval stage: a seeded subset of the prompts, one answer each, scored by the
-rule-based checkers (strict and loose, :mod:`sp2dpo.evaluate.ifeval`); no judge. Per method:
+rule-based checkers (strict and loose, :mod:`sp2dpo.evaluate.benchmarks.ifeval`); no judge. Per method:
 ``ifeval.jsonl`` (one record per prompt with each instruction's verdicts)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from sp2dpo.core.config import EvalConfig, IFEvalConfig
-from sp2dpo.evaluate import ifeval
+from sp2dpo.evaluate.benchmarks import ifeval
 from sp2dpo.evaluate.suites.base import Answers, Context, Conversations, JudgeBatch, Scored
 
 

@@ -6,7 +6,7 @@ Files, per method: answers in FastChat's ``model_answer`` layout (``mt_bench_ans
 and one judgment row per (question, turn) in its single-answer layout
 (``mt_bench_judgments.jsonl``: ``question_id, model, judge: [judge, prompt name], user_prompt,
 judgment, score, turn``; score -1 when no rating could be read), scored by
-:func:`sp2dpo.evaluate.mtbench.scores` (turn 1, turn 2, overall).
+:func:`sp2dpo.evaluate.benchmarks.mtbench.scores` (turn 1, turn 2, overall).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from sp2dpo.core import artifacts
 from sp2dpo.core.config import EvalConfig, MTBenchConfig
 from sp2dpo.core.sampling import seeded_subset
-from sp2dpo.evaluate import mtbench
+from sp2dpo.evaluate.benchmarks import mtbench
 from sp2dpo.evaluate.judges.graded import LabelGrader, Question
 from sp2dpo.evaluate.suites.base import (
     Answers,

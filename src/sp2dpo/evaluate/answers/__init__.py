@@ -14,7 +14,7 @@ one of its adapters:
 4. turn ``t + 1`` of a conversation is asked only after turn ``t`` has its answer (one pass per
    turn), with the conversation so far: ``[user 1, assistant 1, user 2]``.
 
-The two backends (:mod:`.answer_backends`): transformers in this process, or any
+The two backends (:mod:`.backends`): transformers in this process, or any
 OpenAI-compatible server.
 
 **One key, either backend.** The key names what the answer is an answer *of* (base model and
@@ -54,8 +54,8 @@ from sp2dpo import tracking
 from sp2dpo.core.config import GenerationConfig, StudentConfig
 from sp2dpo.core.config.evaluate import AnswerServerConfig
 from sp2dpo.core.errors import UserError
-from sp2dpo.evaluate import generate
-from sp2dpo.evaluate.answer_backends import (
+from sp2dpo.evaluate.answers import generate
+from sp2dpo.evaluate.answers.backends import (
     OK,
     AnswerBackend,
     LocalBackend,
@@ -122,7 +122,7 @@ def decode_fields(
 
     Greedy answers (``temperature == 0``) do not depend on ``top_p`` or ``seed``, so those enter
     only when sampling. ``batch_size`` never enters: it changes only float noise (see
-    :mod:`sp2dpo.evaluate.generate`), and a cached answer must survive a new batch size.
+    :mod:`sp2dpo.evaluate.answers.generate`), and a cached answer must survive a new batch size.
     ``max_input_tokens`` enters because it cuts long prompts (both backends apply it).
     """
     fields: dict[str, Any] = {
@@ -285,7 +285,7 @@ class Answerer:
         """Generate the missing answers, storing each as it arrives; their texts by key.
 
         ``everything`` is the turn's whole request list (key -> messages, in order). A backend
-        that batches in the order given (:attr:`~.answer_backends.LocalBackend.batches_in_order`)
+        that batches in the order given (:attr:`~.backends.LocalBackend.batches_in_order`)
         gets every chunk of ``batch_size`` of that list that holds a missing request, whole, so
         each answer comes from the same batch whatever the store already held (a resumed run
         gives the bytes a run from an empty store gives); the chunk's stored answers are

@@ -459,7 +459,7 @@ def length_controlled_winrate(
     Args:
         frame: validated annotations (not modified).
         official: the Hub files; ``None`` gives the labelled :data:`OFFLINE_ESTIMATE`.
-        index: AlpacaEval index per row (:func:`sp2dpo.evaluate.alpaca.match_reference`);
+        index: AlpacaEval index per row (:func:`sp2dpo.evaluate.benchmarks.alpaca.match_reference`);
             required with ``official``.
 
     Returns:

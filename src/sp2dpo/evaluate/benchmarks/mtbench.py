@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core.errors import UserError
-from sp2dpo.evaluate.evalfiles import BenchmarkInputError, field, iter_jsonl, text_field
+from sp2dpo.evaluate.benchmarks.evalfiles import BenchmarkInputError, field, iter_jsonl, text_field
 
 __all__ = [
     "DEFAULT_JUDGE_PROMPTS",

@@ -75,7 +75,7 @@ def _refuse_download(*args: Any, **kwargs: Any) -> None:
     raise PunktUnavailableError(
         f"nltk.download{args!r} was called while offline Punkt was active; nothing may be "
         "downloaded (a changed NLTK or checker library may need another patch in "
-        "sp2dpo.evaluate.punkt)."
+        "sp2dpo.evaluate.benchmarks.punkt)."
     )
 
 

@@ -2,7 +2,7 @@
 JSON Lines, plain or gzipped.
 
 The benchmark modules (:mod:`.arenahard`, :mod:`.mtbench`, :mod:`.ifeval_inputs`,
-:mod:`.prefpairs`) read files written by other projects' scripts, so every record is checked on
+:mod:`sp2dpo.evaluate.prefpairs`) read files written by other projects' scripts, so every record is checked on
 the way in and every failure names the file, the line and the field (``FILE:LINE: field 'NAME':
 ...``) instead of surfacing later as a ``KeyError`` deep in a computation. A key given twice in one
 line is refused (:mod:`sp2dpo.core.jsonio`), not resolved as "last wins". The failures are

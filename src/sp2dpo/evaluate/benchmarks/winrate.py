@@ -1,6 +1,6 @@
 """AlpacaEval 2.0 leaderboard metrics of one annotations file (``sp2dpo winrate``).
 
-Input: a validated annotations frame (:func:`sp2dpo.evaluate.alpaca.read_annotations`), one row per
+Input: a validated annotations frame (:func:`sp2dpo.evaluate.benchmarks.alpaca.read_annotations`), one row per
 instruction, ``output_1`` the baseline, ``output_2`` the evaluated model, ``preference`` in [1, 2].
 With ``p_i = preference_i - 1`` (the probability that the model wins) and ``n`` rows:
 
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sp2dpo.evaluate import alpaca
-from sp2dpo.evaluate.lc import (
+from sp2dpo.evaluate.benchmarks import alpaca
+from sp2dpo.evaluate.benchmarks.lc import (
     LC_METHODS,
     LengthControlInputError,
     OfficialLCInputs,
@@ -98,7 +98,7 @@ def evaluate_file(
 
     Raises:
         ValueError: only one of ``instruction_difficulty`` / ``df_gamed``; the official LC
-            without ``reference``; any format error (:class:`~sp2dpo.evaluate.alpaca.AlpacaEvalFormatError`,
+            without ``reference``; any format error (:class:`~sp2dpo.evaluate.benchmarks.alpaca.AlpacaEvalFormatError`,
             :class:`LengthControlInputError`).
         FileNotFoundError: a missing input file.
     """
@@ -133,7 +133,7 @@ def evaluate_annotations(
 ) -> dict[str, Any]:
     """:func:`winrate` of validated annotations, already-loaded reference outputs and Hub files
     (the eval stage reads those once for every method). With ``reference``, each annotation must
-    match it (:func:`sp2dpo.evaluate.alpaca.match_reference`) and gets its AlpacaEval index.
+    match it (:func:`sp2dpo.evaluate.benchmarks.alpaca.match_reference`) and gets its AlpacaEval index.
 
     Raises:
         AlpacaEvalFormatError: mismatched instructions.

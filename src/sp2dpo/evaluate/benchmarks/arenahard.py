@@ -46,7 +46,7 @@ from typing import Any
 
 from sp2dpo.core.artifacts import write_text
 from sp2dpo.core.errors import UserError
-from sp2dpo.evaluate.bradley_terry import (
+from sp2dpo.evaluate.benchmarks.bradley_terry import (
     DEFAULT_BASELINE,
     DEFAULT_ROUNDS,
     DEFAULT_SEED,
@@ -55,7 +55,7 @@ from sp2dpo.evaluate.bradley_terry import (
     score_battles,
     win_rate,
 )
-from sp2dpo.evaluate.evalfiles import (
+from sp2dpo.evaluate.benchmarks.evalfiles import (
     BenchmarkInputError,
     field,
     iter_jsonl,
@@ -187,7 +187,7 @@ def read_questions(path: str | Path) -> dict[str | int, ArenaQuestion]:
         Questions by id, in file order.
 
     Raises:
-        FileNotFoundError, BenchmarkInputError: see :func:`~sp2dpo.evaluate.evalfiles.iter_jsonl`;
+        FileNotFoundError, BenchmarkInputError: see :func:`~sp2dpo.evaluate.benchmarks.evalfiles.iter_jsonl`;
             also a missing or mistyped field, no turn, or a repeated id (file, line and field
             named).
     """

@@ -1,4 +1,4 @@
-"""IFEval's checkers, run offline and deterministically (see :mod:`sp2dpo.evaluate.ifeval`):
+"""IFEval's checkers, run offline and deterministically (see :mod:`sp2dpo.evaluate.benchmarks.ifeval`):
 Punkt routed to the packaged English model, ``langdetect`` and ``random`` seeded, the checker
 registry of ``if-verifiable`` with ``keywords:letter_frequency`` counting the given character as
 Google's current checker does.
@@ -13,7 +13,7 @@ import types
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sp2dpo.evaluate import punkt
+from sp2dpo.evaluate.benchmarks import punkt
 
 #: Seed handed to ``langdetect`` while scoring (its documented way to be deterministic).
 LANGDETECT_SEED = 0
@@ -24,7 +24,7 @@ LOCK = punkt.LOCK
 
 @contextlib.contextmanager
 def offline_punkt() -> Iterator[Any]:
-    """:func:`sp2dpo.evaluate.punkt.offline_english_punkt`, plus if-verifiable's own sentence
+    """:func:`sp2dpo.evaluate.benchmarks.punkt.offline_english_punkt`, plus if-verifiable's own sentence
     splitter (``instructions_util._get_sentence_tokenizer``, used by
     ``length_constraints:number_sentences``) routed to the same tokenizer; restored on exit.
 

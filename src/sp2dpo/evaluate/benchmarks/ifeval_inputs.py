@@ -13,7 +13,12 @@ from typing import Any
 from sp2dpo.core.errors import UserError
 from sp2dpo.core.jsonio import iter_jsonl
 from sp2dpo.core.sampling import seeded_subset
-from sp2dpo.evaluate.ifeval_checkers import build_checker, deterministic, registry, seed_for
+from sp2dpo.evaluate.benchmarks.ifeval_checkers import (
+    build_checker,
+    deterministic,
+    registry,
+    seed_for,
+)
 
 log = logging.getLogger(__name__)
 

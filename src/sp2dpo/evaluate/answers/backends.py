@@ -1,6 +1,6 @@
 """Where student answers come from: transformers in this process, or an OpenAI-compatible server.
 
-- :class:`LocalBackend`: transformers in this process (:func:`~sp2dpo.evaluate.generate.
+- :class:`LocalBackend`: transformers in this process (:func:`~sp2dpo.evaluate.answers.generate.
   load_student`, loaded on first need, so a run whose answers are all stored loads no model),
   batches of ``eval.generation.batch_size`` in the given order;
 - :class:`ServerBackend`: any OpenAI-compatible chat-completions endpoint (``eval.server``), up
@@ -10,7 +10,7 @@
   The request carries the conversation, ``temperature`` (0 = greedy), ``top_p``, ``seed`` and
   ``max_tokens``; ``repetition_penalty`` only when it is not 1.0 (a vLLM extension). The student's
   tokenizer applies the same prompt budget as in-process generation before the request is sent
-  (:func:`~sp2dpo.evaluate.generate.fit_conversation`), and the answer is stripped as in-process
+  (:func:`~sp2dpo.evaluate.answers.generate.fit_conversation`), and the answer is stripped as in-process
   answers are.
 
 Both report each request's :class:`Reply` as soon as it exists; :class:`sp2dpo.evaluate.answers.
@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from sp2dpo.core.config import DecodingConfig, GenerationConfig, StudentConfig, TeacherConfig
 from sp2dpo.core.config.evaluate import AnswerServerConfig
-from sp2dpo.evaluate import generate
+from sp2dpo.evaluate.answers import generate
 from sp2dpo.llm import models
 from sp2dpo.llm.teachers import RetryingCaller
 
@@ -86,7 +86,7 @@ class LocalBackend:
     """In-process transformers generation, batched in the order given.
 
     Args:
-        loader: returns ``(model, tokenizer)`` (:func:`~sp2dpo.evaluate.generate.load_student`);
+        loader: returns ``(model, tokenizer)`` (:func:`~sp2dpo.evaluate.answers.generate.load_student`);
             called on the first request, so a fully cached run loads nothing.
     """
 
@@ -135,7 +135,7 @@ class ServerBackend:
         server: ``eval.server`` (``base_url`` must be set).
         served_model: the ``model`` field of the requests (:func:`served_model`).
         name: the evaluated model's name in messages (``smollm2-sp2dpo``).
-        tokenizer: returns the student's tokenizer (:func:`~sp2dpo.evaluate.generate.
+        tokenizer: returns the student's tokenizer (:func:`~sp2dpo.evaluate.answers.generate.
             load_tokenizer`), used to cut over-long prompts as in-process generation does;
             None: conversations are sent as given.
     """

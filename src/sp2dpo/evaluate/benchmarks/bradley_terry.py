@@ -1,6 +1,6 @@
 """Bradley-Terry scores of an Arena-Hard battle table, with a seeded bootstrap interval.
 
-The statistics half of :mod:`sp2dpo.evaluate.arenahard` (which builds the battle tables from
+The statistics half of :mod:`sp2dpo.evaluate.benchmarks.arenahard` (which builds the battle tables from
 judge verdicts and re-exports these functions): the official code fits a logistic regression
 without intercept or penalty on the battle table stacked twice (a tie is a win for ``model_a``
 in the first copy and for ``model_b`` in the second); here the same likelihood is maximised by
@@ -10,7 +10,7 @@ is the predicted win rate against the baseline, in percent; the interval is a pe
 bootstrap over the rows of the whole table with ``numpy.random.default_rng(seed)``.
 
 A battle is anything with ``question_id``, ``model_a``, ``model_b`` and ``winner`` attributes
-(:class:`sp2dpo.evaluate.arenahard.Battle`).
+(:class:`sp2dpo.evaluate.benchmarks.arenahard.Battle`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sp2dpo.core.errors import UserError
 
 
 class Battle(Protocol):
-    """What the fit reads of a battle row (:class:`sp2dpo.evaluate.arenahard.Battle`)."""
+    """What the fit reads of a battle row (:class:`sp2dpo.evaluate.benchmarks.arenahard.Battle`)."""
 
     @property
     def model_a(self) -> str: ...

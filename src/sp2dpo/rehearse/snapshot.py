@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from sp2dpo.core import artifacts
+from sp2dpo.core import artifacts, jsonio
 
 #: Rows of the paper's split (``train_prefs`` at the pinned revision).
 PAPER_ROWS = 61_135
@@ -93,10 +93,7 @@ def _usable(record: dict[str, Any]) -> bool:
 
 def read_source(source: Path) -> list[dict[str, Any]]:
     """The usable rows of a JSONL(.gz) snapshot in the Hub's schema, in file order."""
-    opener = gzip.open if source.name.endswith(".gz") else open
-    with opener(source, "rt", encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
-    usable = [r for r in records if _usable(r)]
+    usable = [r for _, r in jsonio.iter_jsonl(source) if _usable(r)]
     if not usable:
         raise ValueError(f"{source}: no row with a prompt and two non-blank replies")
     return usable

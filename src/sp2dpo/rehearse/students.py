@@ -44,7 +44,6 @@ seed, source file and library versions give the same bytes.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import os
@@ -54,7 +53,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sp2dpo.core import artifacts
+from sp2dpo.core import artifacts, jsonio
 from sp2dpo.core.config import DataConfig
 
 #: The paper's students (``train.students[].name`` of profiles/paper-students.yaml) and the
@@ -208,19 +207,14 @@ def tiny_config(arch: str, tokenizer: Any) -> Any:
 def source_texts(source: Path) -> list[str]:
     """The texts the tokenizer learns from: each row's prompt, chosen and rejected reply, in file
     order (blank ones left out)."""
-    opener = gzip.open if source.name.endswith(".gz") else open
     texts: list[str] = []
-    with opener(source, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            for field in ("prompt", "chosen", "rejected"):
-                value = record.get(field)
-                if isinstance(value, list):
-                    value = value[-1]["content"] if value else ""
-                if isinstance(value, str) and value.strip():
-                    texts.append(value)
+    for _, record in jsonio.iter_jsonl(source):
+        for field in ("prompt", "chosen", "rejected"):
+            value = record.get(field)
+            if isinstance(value, list):
+                value = value[-1]["content"] if value else ""
+            if isinstance(value, str) and value.strip():
+                texts.append(value)
     if not texts:
         raise ValueError(f"{source}: no text to train a tokenizer on")
     return texts

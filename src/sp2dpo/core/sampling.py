@@ -9,7 +9,10 @@ different stages independent of each other and of ``beta_random`` (``sha256(f"{s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def rank(domain: str, seed: int, key: Hashable) -> str:
@@ -29,3 +32,10 @@ def seeded_subset(keys: Sequence[Hashable], limit: int | None, seed: int, domain
         return list(range(len(keys)))
     order = sorted(range(len(keys)), key=lambda i: (rank(domain, seed, keys[i]), i))
     return sorted(order[:limit])
+
+
+def seeded_items(
+    items: Sequence[T], key: Callable[[T], Hashable], limit: int | None, seed: int, domain: str
+) -> list[T]:
+    """The kept items themselves (:func:`seeded_subset` of their ``key``), in input order."""
+    return [items[i] for i in seeded_subset([key(item) for item in items], limit, seed, domain)]

@@ -12,7 +12,7 @@ from typing import Any
 
 from sp2dpo.core.errors import UserError
 from sp2dpo.core.jsonio import iter_jsonl
-from sp2dpo.core.sampling import seeded_subset
+from sp2dpo.core.sampling import seeded_items
 from sp2dpo.evaluate.benchmarks.ifeval_checkers import (
     build_checker,
     deterministic,
@@ -136,8 +136,7 @@ def subset_prompts(
         IFEvalInputError: a ``limit`` that is not a positive integer or None.
     """
     _check_limit(limit)
-    keep = seeded_subset([p.key for p in prompts], limit, seed, SUBSET_DOMAIN)
-    return sorted((prompts[i] for i in keep), key=lambda p: p.key)
+    return sorted(seeded_items(prompts, lambda p: p.key, limit, seed, SUBSET_DOMAIN), key=lambda p: p.key)
 
 
 def load_prompts(path: str | Path, limit: int | None = None, seed: int = 42) -> list[IFEvalPrompt]:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from sp2dpo.core import artifacts
 from sp2dpo.core.config import AlpacaEvalConfig, EvalConfig
-from sp2dpo.core.sampling import seeded_subset
+from sp2dpo.core.sampling import seeded_items
 from sp2dpo.evaluate.answers import generate
 from sp2dpo.evaluate.benchmarks import alpaca, winrate
 from sp2dpo.evaluate.benchmarks.lc import OfficialLCInputs
@@ -29,8 +29,7 @@ ALPACA_DOMAIN = "alpaca-eval-subset"
 
 def select_instructions(reference: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
     """The seeded AlpacaEval subset, in AlpacaEval order."""
-    keep = seeded_subset([r["instruction"] for r in reference], limit, seed, ALPACA_DOMAIN)
-    return [reference[i] for i in keep]
+    return seeded_items(reference, lambda r: r["instruction"], limit, seed, ALPACA_DOMAIN)
 
 
 class AlpacaEvalSuite:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from sp2dpo.core.config import ArenaHardConfig, EvalConfig
-from sp2dpo.core.sampling import seeded_subset
+from sp2dpo.core.sampling import seeded_items
 from sp2dpo.evaluate.benchmarks import arenahard
 from sp2dpo.evaluate.judges.graded import LabelGrader, Question
 from sp2dpo.evaluate.suites.base import (
@@ -29,6 +29,7 @@ from sp2dpo.evaluate.suites.base import (
     Conversations,
     JudgeBatch,
     Scored,
+    label_grader,
     write_jsonl,
 )
 
@@ -39,8 +40,7 @@ ARENA_HARD_DOMAIN = "arena-hard-subset"
 def select_questions(cfg: ArenaHardConfig) -> list[arenahard.ArenaQuestion]:
     """The seeded subset of the prompts, in file order."""
     questions = list(arenahard.read_questions(cfg.questions).values())
-    keep = seeded_subset([str(q.question_id) for q in questions], cfg.limit, cfg.seed, ARENA_HARD_DOMAIN)
-    return [questions[i] for i in sorted(keep)]
+    return seeded_items(questions, lambda q: str(q.question_id), cfg.limit, cfg.seed, ARENA_HARD_DOMAIN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +61,8 @@ class ArenaHardSuite:
         self.grader: LabelGrader | None = None
         if self.questions:
             self.prompt = arenahard.ArenaHardPrompt.load(ctx.arena_hard_prompts)
-            self.grader = LabelGrader(
-                ctx.engine, self.name,
-                dataclasses.replace(ecfg.judge_decoding, max_tokens=cfg.judge_max_tokens),
-                arenahard.VERDICT_LABELS, arenahard.parse_verdict, self.prompt.sha256,
-            )
+            self.grader = label_grader(ctx, self.name, ecfg, cfg.judge_max_tokens, arenahard.VERDICT_LABELS,
+                                       arenahard.parse_verdict, self.prompt.sha256)
 
     @classmethod
     def from_config(cls, ecfg: EvalConfig, ctx: Context) -> ArenaHardSuite:

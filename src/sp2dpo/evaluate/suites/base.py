@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Protocol
 
 from sp2dpo.core import artifacts
 from sp2dpo.core.config import EvalConfig
+from sp2dpo.evaluate.judges.graded import LabelGrader
 
 #: ``{method: per conversation, the answer of each user turn}``.
 Answers = Mapping[str, Sequence[Sequence[str]]]
@@ -135,3 +136,18 @@ class Suite(Protocol):
 def write_jsonl(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     """JSON lines, keys in the given order (the official files' layout), atomically."""
     artifacts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), path)
+
+
+def label_grader(
+    ctx: Context,
+    suite: str,
+    ecfg: EvalConfig,
+    max_tokens: int,
+    labels: Sequence[str],
+    parse: Callable[[str], str | None],
+    template_sha256: str,
+) -> LabelGrader:
+    """The ``[[label]]`` grader of a judged suite: ``eval.judge_decoding`` with the suite's
+    output cap, on the context's engine."""
+    decoding = dataclasses.replace(ecfg.judge_decoding, max_tokens=max_tokens)
+    return LabelGrader(ctx.engine, suite, decoding, labels, parse, template_sha256)

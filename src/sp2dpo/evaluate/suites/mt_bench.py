@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from sp2dpo.core import artifacts
 from sp2dpo.core.config import EvalConfig, MTBenchConfig
-from sp2dpo.core.sampling import seeded_subset
+from sp2dpo.core.sampling import seeded_items
 from sp2dpo.evaluate.benchmarks import mtbench
 from sp2dpo.evaluate.judges.graded import LabelGrader, Question
 from sp2dpo.evaluate.suites.base import (
@@ -29,6 +29,7 @@ from sp2dpo.evaluate.suites.base import (
     Conversations,
     JudgeBatch,
     Scored,
+    label_grader,
     write_jsonl,
 )
 
@@ -42,8 +43,7 @@ RATING_LABELS = tuple(str(k) for k in range(1, 11))
 def select_questions(cfg: MTBenchConfig) -> list[mtbench.MTQuestion]:
     """The seeded subset of the questions, in question-id order."""
     questions = sorted(mtbench.read_questions(cfg.questions).values(), key=lambda q: q.question_id)
-    keep = seeded_subset([str(q.question_id) for q in questions], cfg.limit, cfg.seed, MT_BENCH_DOMAIN)
-    return [questions[i] for i in sorted(keep)]
+    return seeded_items(questions, lambda q: str(q.question_id), cfg.limit, cfg.seed, MT_BENCH_DOMAIN)
 
 
 def rating_label(text: str) -> str | None:
@@ -72,11 +72,8 @@ class MTBenchSuite:
         self.grader: LabelGrader | None = None
         if self.questions:
             self.prompts = mtbench.read_judge_prompts(cfg.judge_prompts)
-            self.grader = LabelGrader(
-                ctx.engine, self.name,
-                dataclasses.replace(ecfg.judge_decoding, max_tokens=cfg.judge_max_tokens),
-                RATING_LABELS, rating_label, artifacts.sha256_file(Path(cfg.judge_prompts)),
-            )
+            self.grader = label_grader(ctx, self.name, ecfg, cfg.judge_max_tokens, RATING_LABELS,
+                                       rating_label, artifacts.sha256_file(Path(cfg.judge_prompts)))
 
     @classmethod
     def from_config(cls, ecfg: EvalConfig, ctx: Context) -> MTBenchSuite:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from sp2dpo.core import entry, jsonio, programs
+from sp2dpo.core.errors import UserError
 from tests.conftest import ROOT
 
 
@@ -109,3 +111,27 @@ def test_dvc_is_found_beside_the_interpreter_without_path(monkeypatch):
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     with pytest.raises(programs.MissingProgram, match="dvc is not installed"):
         programs.dvc_executable()
+
+
+def test_the_program_runner_names_the_command_the_folder_and_the_output_tail(tmp_path, monkeypatch):
+    """One runner for git and DVC: the caller's error class, the command as typed, the folder,
+    the last lines of stderr; a timeout and a missing program are the same one-line error."""
+
+    class Mine(UserError):
+        pass
+
+    script = "import sys; print('out'); sys.stderr.write('a\\nb\\n\\nc\\n'); sys.exit(3)"
+    with pytest.raises(Mine) as info:
+        programs.run([sys.executable, "-c", script], cwd=tmp_path, error=Mine)
+    name = Path(sys.executable).name
+    assert str(info.value) == f"`{name} -c {script}` failed (exit 3, in {tmp_path}): a | b | c"
+    done = programs.run([sys.executable, "-c", script], cwd=tmp_path, check=False, text=False)
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", b"a\nb\n\nc\n")
+    with pytest.raises(programs.ProgramError, match=r"^`\S+ -c import time; time.sleep\(5\)` did not finish in 0 s"):
+        programs.run([sys.executable, "-c", "import time; time.sleep(5)"], cwd=tmp_path, timeout=0.2)
+    with pytest.raises(programs.ProgramError, match=r"^`no-such-program x` cannot be started in "):
+        programs.run(["no-such-program", "x"], cwd=tmp_path)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, timeout=60)
+    monkeypatch.setenv("GIT_DIR", str(ROOT / ".git"))  # as inside a hook: not the repository at cwd
+    top = programs.git("rev-parse", "--show-toplevel", cwd=tmp_path).stdout.strip()
+    assert Path(top).resolve() == tmp_path.resolve()

@@ -30,14 +30,13 @@ import contextlib
 import dataclasses
 import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sp2dpo import numerics
-from sp2dpo.core import artifacts
+from sp2dpo.core import artifacts, programs
 from sp2dpo.core.locks import FileLock
 
 #: MLflow experiment of the training runs.
@@ -134,15 +133,10 @@ def ensure_experiment(name: str, root: str | Path = ".") -> str:
 def git_commit(root: str | Path = ".") -> tuple[str, bool]:
     """``(HEAD commit, dirty)``; ``("unknown", False)`` outside a git checkout."""
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, check=True,
-        ).stdout
+        head = programs.git("rev-parse", "HEAD", cwd=root).stdout.strip()
+        status = programs.git("status", "--porcelain", "--untracked-files=no", cwd=root).stdout
         return head, bool(status.strip())
-    except (OSError, subprocess.CalledProcessError):
+    except programs.ProgramError:
         return "unknown", False
 
 

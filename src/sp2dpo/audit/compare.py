@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from sp2dpo.core import programs
 from sp2dpo.core.beta import JMAMP_COLUMN, panel_of, parse_beta_table
 from sp2dpo.core.config import BetaConfig, flatten
 from sp2dpo.core.errors import UserError
@@ -59,16 +60,15 @@ class Side:
 GIT_TIMEOUT = 120
 
 
-def _git(repo: Path, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, env=env, timeout=GIT_TIMEOUT)
+def _git(repo: Path, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``git ARGS`` in ``repo`` (:func:`sp2dpo.core.programs.git`), its output as bytes; an
+    :class:`AuditError` when git cannot run there (no such folder, no git) or does not end."""
+    return programs.git(*args, cwd=repo, env=env, timeout=GIT_TIMEOUT, check=False, text=False, error=AuditError)
 
 
 def git_root(start: Path, env: Mapping[str, str] | None = None) -> Path:
     """The top folder of the git repository holding ``start``."""
-    try:
-        proc = _git(start, "rev-parse", "--show-toplevel", env=env)
-    except (FileNotFoundError, NotADirectoryError):
-        raise AuditError(f"{start}: no such folder, or git is not installed") from None
+    proc = _git(start, "rev-parse", "--show-toplevel", env=env)
     if proc.returncode != 0:
         raise AuditError(f"{start}: not a git repository")
     return Path(proc.stdout.decode().strip())

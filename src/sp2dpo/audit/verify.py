@@ -54,8 +54,8 @@ from sp2dpo.audit.outputs import (
     settle,
 )
 from sp2dpo.audit.tolerance import DEFAULT_TOLERANCE, check_tolerance
+from sp2dpo.core import programs
 from sp2dpo.core.artifacts import make_folder
-from sp2dpo.core.programs import dvc_executable
 
 #: Exit status of ``sp2dpo verify`` by verdict, and when the re-run itself failed.
 EXIT_STATUS = {IDENTICAL: 0, DIFFERS: 1, EQUIVALENT: 4}
@@ -69,7 +69,7 @@ CALL_STORE = "data/annotate/calls"
 #: may not import annotate/, and a shared store must never answer the re-run's calls.
 SHARED_CALLS_ENV = "SP2DPO_SHARED_CALLS"
 #: Variables that would point the clone's commands elsewhere (another repo, run or experiment).
-DROPPED_ENV = (SHARED_CALLS_ENV, "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "DVC_EXP_NAME",
+DROPPED_ENV = (SHARED_CALLS_ENV, *programs.GIT_REDIRECTS, "DVC_EXP_NAME",
                "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 LOCK = "dvc.lock"
 LOG_TAIL = 30
@@ -99,15 +99,9 @@ class ReproFailed(VerifyError):
 
 def _run(cmd: list[str], cwd: Path, env: Mapping[str, str] | None = None,
          timeout: float = QUICK_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise VerifyError(f"`{' '.join(cmd[:3])} ...` did not finish in {timeout:.0f} s (in {cwd})") from None
-
-
-def _last_lines(text: str, n: int = 5) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return " | ".join(lines[-n:]) or "no output"
+    """``cmd`` in ``cwd`` (:func:`sp2dpo.core.programs.run`), its exit status left to the caller;
+    a :class:`VerifyError` when it cannot start or does not end in ``timeout`` seconds."""
+    return programs.run(cmd, cwd=cwd, env=env, timeout=timeout, check=False, error=VerifyError)
 
 
 def local_changes(root: Path) -> bool:
@@ -178,7 +172,7 @@ def verify(
     if local_changes(root):
         progress(f"the working tree has local changes; they are not verified: this re-runs {rev} "
                  f"({sha[:12]}) from its commit, code and data as committed")
-    dvc = dvc_executable()
+    dvc = programs.dvc_executable()
     shared_cache = _dvc_cache_dir(root, dvc)
     if workdir is not None:
         make_folder(workdir, what="--workdir")
@@ -202,13 +196,13 @@ def _verify_in(work: Path, root: Path, sha: str, rev: str, dvc: str, shared_cach
     proc = _run(["git", "clone", "--quiet", "--no-checkout", str(root), str(clone)], cwd=work,
                 env=_git_env(), timeout=TRANSFER_TIMEOUT)
     if proc.returncode != 0:
-        raise VerifyError(f"git clone of {root} failed: {_last_lines(proc.stderr)}")
+        raise VerifyError(f"git clone of {root} failed: {programs.tail(proc.stderr)}")
     if _run(["git", "checkout", "--quiet", sha], cwd=clone, env=env).returncode != 0:
         # a commit no branch or tag reaches (an experiment ref, a detached HEAD): fetch it
         _run(["git", "fetch", "--quiet", "origin", sha], cwd=clone, env=env, timeout=TRANSFER_TIMEOUT)
         proc = _run(["git", "checkout", "--quiet", sha], cwd=clone, env=env)
         if proc.returncode != 0:
-            raise VerifyError(f"cannot check out {sha[:12]} in the clone: {_last_lines(proc.stderr)}")
+            raise VerifyError(f"cannot check out {sha[:12]} in the clone: {programs.tail(proc.stderr)}")
     if not (clone / ".dvc").is_dir():
         raise VerifyError(f"{rev} ({sha[:12]}) is not a DVC repository (no .dvc folder)")
     log_path = work / "repro.log"
@@ -247,7 +241,7 @@ def _verify_in(work: Path, root: Path, sha: str, rev: str, dvc: str, shared_cach
         proc = dvc_quick("pull", *inputs, timeout=TRANSFER_TIMEOUT)
         if proc.returncode != 0:
             raise VerifyError(f"dvc pull {' '.join(inputs)} failed at {sha[:12]}: "
-                              f"{_last_lines(proc.stdout + proc.stderr)}")
+                              f"{programs.tail(proc.stdout + proc.stderr)}")
     recorded_calls = any(CALL_STORE in outs for outs in lock_outputs(expected).values())
     if recorded_calls and not recall_teachers:
         progress(f"pulling the recorded teacher calls ({CALL_STORE})")
@@ -255,7 +249,7 @@ def _verify_in(work: Path, root: Path, sha: str, rev: str, dvc: str, shared_cach
         if proc.returncode != 0:
             raise VerifyError(
                 f"the recorded teacher calls ({CALL_STORE}) of {sha[:12]} cannot be pulled "
-                f"({_last_lines(proc.stdout + proc.stderr, 2)}); `dvc push` them where they were "
+                f"({programs.tail(proc.stdout + proc.stderr, 2)}); `dvc push` them where they were "
                 "made, or pass --recall-teachers to call the teachers again"
             )
     elif recall_teachers:

@@ -56,8 +56,8 @@ from typing import Any
 
 import yaml
 
+from sp2dpo.core import programs
 from sp2dpo.core.errors import UserError
-from sp2dpo.core.programs import dvc_executable
 from sp2dpo.rehearse import servers as servers_mod
 from sp2dpo.rehearse import snapshot, students
 
@@ -121,9 +121,8 @@ def scaled(full: int, scale: float) -> int:
 
 def _project_files(project: Path) -> list[str]:
     try:
-        out = subprocess.run(["git", "-C", str(project), "ls-files", "-z"], capture_output=True,
-                             check=True, timeout=60).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
+        out = programs.git("ls-files", "-z", cwd=project, text=False).stdout
+    except programs.ProgramError as exc:
         raise RehearsalError(f"{project}: not a git checkout of the project ({exc})") from None
     keep = []
     for name in out.decode().split("\0"):
@@ -160,12 +159,11 @@ def copy_project(project: Path, repo: Path) -> None:
 
 
 def _git(repo: Path, *args: str) -> str:
+    """``git ARGS`` in the scratch repository (:func:`sp2dpo.core.programs.git`), committing as
+    the rehearsal; its output."""
     env = {**os.environ, "GIT_AUTHOR_NAME": "sp2dpo rehearse", "GIT_AUTHOR_EMAIL": "rehearse@localhost",
            "GIT_COMMITTER_NAME": "sp2dpo rehearse", "GIT_COMMITTER_EMAIL": "rehearse@localhost"}
-    for name in ("GIT_DIR", "GIT_WORK_TREE"):
-        env.pop(name, None)
-    return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True,
-                          check=True, timeout=600).stdout
+    return programs.git(*args, cwd=repo, env=env, timeout=600, error=RehearsalError).stdout
 
 
 def commit_all(repo: Path, message: str) -> None:
@@ -359,7 +357,7 @@ class Runner:
 
     def __init__(self, repo: Path, logs: Path, env: Mapping[str, str]) -> None:
         self.repo, self.logs, self.env = repo, logs, dict(env)
-        self.dvc = dvc_executable()
+        self.dvc = programs.dvc_executable()
         logs.mkdir(parents=True, exist_ok=True)
 
     def measured(self, label: str, args: Sequence[str], cwd: Path | None = None) -> dict[str, Any]:
@@ -500,16 +498,15 @@ def _dvc_ops(runner: Runner, repo: Path, workdir: Path) -> dict[str, Any]:
     """``dvc status`` on the full outputs; ``dvc push`` to a local remote; ``dvc pull`` into a
     fresh clone."""
     remote, clone = workdir / "remote", workdir / "clone"
-    subprocess.run([runner.dvc, "remote", "add", "--local", "-f", "-d", "rehearsal", str(remote)],
-                   cwd=repo, env=runner.env, check=True, capture_output=True, timeout=120)
+    add_remote = ("remote", "add", "--local", "-f", "-d", "rehearsal", str(remote))
+    programs.dvc(*add_remote, cwd=repo, env=runner.env, error=RehearsalError)
     commit_all(repo, "rehearsal outputs")
     out = {"status": runner.dvc_cmd("dvc-status", "status")}
     out["push"] = runner.dvc_cmd("dvc-push", "push")
     shutil.rmtree(clone, ignore_errors=True)
-    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, capture_output=True,
-                   timeout=600, env=runner.env)
-    subprocess.run([runner.dvc, "remote", "add", "--local", "-f", "-d", "rehearsal", str(remote)],
-                   cwd=clone, env=runner.env, check=True, capture_output=True, timeout=120)
+    programs.git("clone", "-q", str(repo), str(clone), cwd=workdir, env=runner.env, timeout=600,
+                 error=RehearsalError)
+    programs.dvc(*add_remote, cwd=clone, env=runner.env, error=RehearsalError)
     out["pull"] = runner.dvc_cmd("dvc-pull", "pull", cwd=clone)
     return out
 

@@ -30,16 +30,14 @@ import json
 import logging
 import os
 import re
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sp2dpo.core import programs
 from sp2dpo.core.config import SweepConfig, flatten, read_yaml
 from sp2dpo.core.errors import UserError
-from sp2dpo.core.programs import dvc_executable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +47,8 @@ SHARED_CALLS = Path(".dvc/tmp/sp2dpo-shared-calls")
 SHARED_EVAL_CALLS = Path(".dvc/tmp/sp2dpo-shared-eval-calls")
 #: Seconds between two looks at the queue.
 POLL_S = 3.0
+#: Seconds one ``dvc`` command (queue one experiment, start the workers, list) may take.
+DVC_TIMEOUT = 600
 
 
 class SweepError(UserError):
@@ -106,28 +106,10 @@ def check_keys(cfg: SweepConfig, params_file: Path) -> None:
             raise SweepError(f"{where}: {key!r} is not a key of {params_file}{hint}")
 
 
-def _dvc(args: Sequence[str], repo: Path, env: Mapping[str, str], timeout: float = 600) -> str:
-    """Run ``dvc ARGS`` in ``repo``; its output, or :class:`SweepError` with the tail of it.
-
-    The output goes through a temporary file, not a pipe: ``dvc queue start`` leaves worker
-    daemons holding its output descriptors, and a pipe would not reach end-of-file until they
-    exit.
-    """
-    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
-        try:
-            done = subprocess.run([dvc_executable(), *args], cwd=repo, env=dict(env), stdin=subprocess.DEVNULL,
-                                  stdout=out, stderr=err, timeout=timeout)
-        except FileNotFoundError:
-            raise SweepError("sweep: `dvc` is not on PATH (install the project: `make setup`)") from None
-        except subprocess.TimeoutExpired:
-            raise SweepError(f"sweep: `dvc {' '.join(args)}` did not finish in {timeout:.0f} s") from None
-        out.seek(0)
-        err.seek(0)
-        text, errors = out.read(), err.read()
-    if done.returncode != 0:
-        tail = (errors or text).strip().splitlines()[-5:]
-        raise SweepError(f"sweep: `dvc {' '.join(args)}` failed: " + " | ".join(tail))
-    return text
+def _dvc(args: Sequence[str], repo: Path, env: Mapping[str, str]) -> str:
+    """``dvc ARGS`` in ``repo`` (:func:`sp2dpo.core.programs.dvc`): its output, or
+    :class:`SweepError` naming the command and the tail of its output."""
+    return programs.dvc(*args, cwd=repo, env=env, timeout=DVC_TIMEOUT, error=SweepError).stdout
 
 
 def queue_status(repo: Path, env: Mapping[str, str]) -> dict[str, str]:

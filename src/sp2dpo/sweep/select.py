@@ -23,12 +23,11 @@ import dataclasses
 import json
 import math
 import re
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sp2dpo.core import artifacts
+from sp2dpo.core import artifacts, programs
 from sp2dpo.core.config import SweepConfig
 from sp2dpo.sweep import paired
 from sp2dpo.sweep.queue import SweepError
@@ -125,9 +124,8 @@ def git_reader(repo: str | Path = ".") -> FileReader:
 
     def read(rev: str, path: str) -> Mapping[str, Any] | None:
         try:
-            done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True,
-                                  text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired):
+            done = programs.git("show", f"{rev}:{path}", cwd=repo, check=False)
+        except programs.ProgramError:  # no git, or no answer in time
             return None
         if done.returncode != 0:
             return None

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sp2dpo import audit, tracking
+from sp2dpo import audit
 from sp2dpo.cli.common import (
     Subparsers,
     add_params,
@@ -20,7 +20,6 @@ from sp2dpo.cli.common import (
 )
 from sp2dpo.core import artifacts, config
 from sp2dpo.core.entry import print_json
-from sp2dpo.core.programs import dvc_executable
 from sp2dpo.report import plots_html
 
 # ------------------------------------------------------------------------------ audit
@@ -141,36 +140,10 @@ def _cmd_sweep_run(args: argparse.Namespace) -> None:
 
 
 def _select(cfg: config.SweepConfig, args: argparse.Namespace) -> int:
-    import json as _json
-    import subprocess
-
     from sp2dpo import sweep
-    from sp2dpo.sweep import track
 
-    show = subprocess.run([dvc_executable(), "exp", "show", "--json", *(["-A"] if args.all_commits else [])],
-                          capture_output=True, text=True, timeout=600)
-    if show.returncode != 0:
-        raise sweep.SweepError(f"sweep: `dvc exp show --json` failed: {show.stderr.strip()[-500:]}")
-    trials = sweep.read_trials(_json.loads(show.stdout or "[]"), cfg, sweep.git_reader(),
-                                sweep.dvc_reader())
-    selection = sweep.select(trials, cfg)
-    out = Path(args.out) if args.out else Path("reports/sweep") / cfg.name
-    written = sweep.write_report(selection, out)
-    if not args.no_track:
-        logged = track.log_sweep(selection, report=out)
-        print(f"MLflow: parent run {logged['parent']} with {len(logged['children'])} child run(s) "
-              f"in experiment {track.SWEEP_EXPERIMENT}; after `mlflow ui`, open "
-              + tracking.ui_url("http://127.0.0.1:5000", logged["experiment_id"]))
-    print(sweep.markdown(selection), end="")
-    print(f"wrote {', '.join(str(p) for p in written)}")
-    if args.apply:
-        if selection.best is None:
-            raise sweep.SweepError(f"sweep {cfg.name!r}: no experiment has a score; nothing to apply")
-        done = subprocess.run([dvc_executable(), "exp", "apply", selection.best.name],
-                              capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise sweep.SweepError(f"`dvc exp apply {selection.best.name}` failed: {done.stderr.strip()[-500:]}")
-        print(f"applied {selection.best.name} (lambda*) to the workspace: `dvc status` / `git diff` show it")
+    sweep.select_sweep(cfg, out=args.out, all_commits=args.all_commits, log=not args.no_track,
+                       apply=args.apply)
     return 0
 
 

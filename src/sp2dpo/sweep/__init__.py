@@ -6,12 +6,14 @@
   the selection report (``sp2dpo sweep select``);
 - :mod:`.paired`: the paired bootstrap of the per-pair held-out difference behind
   "distinguishable";
-- :mod:`.track`: the sweep in MLflow, a parent run with one child run per experiment.
+- :mod:`.track`: the sweep in MLflow, a parent run with one child run per experiment;
+- :mod:`.flow`: ``sp2dpo sweep select`` as one call: read, select, report, log, apply.
 
 DVC stays the owner of every experiment's params, metrics, plots and outputs; this package only
 writes the commands DVC runs and reads what DVC recorded. It is not a DVC stage.
 """
 
+from sp2dpo.sweep.flow import select_sweep
 from sp2dpo.sweep.paired import dvc_reader
 from sp2dpo.sweep.queue import SweepError, experiment_names, overrides, run_sweep
 from sp2dpo.sweep.select import (
@@ -36,5 +38,6 @@ __all__ = [
     "read_trials",
     "run_sweep",
     "select",
+    "select_sweep",
     "write_report",
 ]

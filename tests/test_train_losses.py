@@ -628,7 +628,8 @@ def test_pmo_gradient_matches_the_papers_objective(alpha: float) -> None:
     states no gradient; by hand: dL/dS_w = -(a + b) s(-z) = -dL/dS_l, dL/dR_w = b s(-z) = -dL/dR_l
     (the reference's exponent b / (a + b)) and dL/db_i = -s(-z) Delta. Autograd of the `pmo` loss
     must give these, and the paper's relation to DPO must hold: PMO(a, b) is DPO with beta a + b on
-    the reference log-probs scaled by b / (a + b), in value and in gradient."""
+    the reference log-probs scaled by b / (a + b), in value and in gradient (that DPO written out
+    here with torch ops, not taken from the `sigmoid` loss, whose -log s the `pmo` loss shares)."""
     batch = make_batch(8)  # summed log-probs scaled by 0.1: logits away from saturation
     batch = dataclasses.replace(batch, **{f: getattr(batch, f) * 0.1 for f in (
         "policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected")})
@@ -648,18 +649,16 @@ def test_pmo_gradient_matches_the_papers_objective(alpha: float) -> None:
     check(g["beta"], [-s * p.d for p, s in zip(ps, s_neg, strict=True)], "dL/dbeta_i")
     assert min(s_neg) > 0.01 and any(zi < 0 for zi in z) and any(zi > 0 for zi in z)
 
-    scale = batch.beta / (alpha + batch.beta)
+    total = alpha + batch.beta
+    scale = batch.beta / total
     pc = batch.policy_chosen.clone().requires_grad_(True)
     pr = batch.policy_rejected.clone().requires_grad_(True)
-    dpo_batch = dataclasses.replace(
-        batch, beta=alpha + batch.beta, policy_chosen=pc, policy_rejected=pr,
-        ref_chosen=batch.ref_chosen * scale, ref_rejected=batch.ref_rejected * scale,
-    )
-    dpo_out = run("sigmoid", dpo_batch)
-    dpo_out.per_pair.sum().backward()
-    check(out.per_pair, dpo_out.per_pair.tolist(), "PMO = DPO(a + b) on pi_ref^(b/(a+b))")
-    check(g["policy_chosen"], pc.grad.tolist())
-    check(g["policy_rejected"], pr.grad.tolist())
+    dpo_logit = total * ((pc - scale * batch.ref_chosen) - (pr - scale * batch.ref_rejected))
+    dpo_loss = torch.log1p(torch.exp(-dpo_logit))  # -log s(x) = log(1 + e^-x); |x| < 5 here
+    dpo_loss.sum().backward()
+    check(out.per_pair, dpo_loss.tolist(), "PMO = DPO(a + b) on pi_ref^(b/(a+b))")
+    check(g["policy_chosen"], pc.grad.tolist(), "dL/dS_w as DPO's")
+    check(g["policy_rejected"], pr.grad.tolist(), "dL/dS_l as DPO's")
 
 
 SGDPO_MODES = [

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -25,6 +26,15 @@ SP2DPO = str(BIN / "sp2dpo")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 NAMES = [f"apo-smoke-{i}" for i in range(1, 5)]
 VALUES = [0.1, 0.2, 0.4, 0.8]
+
+
+def _margins(repo: Path, rev: str) -> dict[str, float]:
+    """``prompt_id -> margin`` of the per-pair held-out records of the experiment at ``rev``."""
+    from dvc.api import DVCFileSystem
+
+    text = DVCFileSystem(str(repo), rev=rev).read_text("data/eval/smollm2/sp2dpo/prefeval.jsonl")
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return {r["prompt_id"]: r["margin"] for r in records}
 
 
 def _experiments(repo: Path) -> dict[str, dict]:
@@ -85,7 +95,25 @@ def test_sweep_runs_through_the_dvc_queue_and_selects_lambda_star(tmp_path):
     assert sel["best"]["value"] == pytest.approx(scores[best][0])
     assert sel["best"]["ci"] == pytest.approx(scores[best][1])
     assert [t["name"] for t in sel["trials"]] == NAMES
-    assert isinstance(sel["distinguishable"], bool)
+    # "distinguishable", from the numbers behind it, recomputed here: each experiment's per-pair
+    # margins (a DVC output of its commit), the paired difference best - other over the shared
+    # held-out pairs, and the seeded percentile bootstrap of its mean the report names.
+    runner = sorted(NAMES, key=lambda n: (-scores[n][0], NAMES.index(n)))[1]
+    assert sel["runner_up"]["name"] == runner
+    assert sel["criterion"].startswith("the 95% interval of the paired per-pair difference")
+    margins = {name: _margins(repo, exps[name]["rev"]) for name in NAMES}
+    assert sorted(sel["paired_vs_best"]) == sorted(n for n in NAMES if n != best)
+    for name, found in sel["paired_vs_best"].items():
+        assert set(margins[name]) == set(margins[best]) and len(margins[best]) == 4
+        d = np.array([margins[best][k] - margins[name][k] for k in sorted(margins[best])])
+        assert found["n"] == 4 and found["diff"] == pytest.approx(d.mean(), abs=1e-12)
+        rng = np.random.default_rng(found["seed"])
+        means = [d[rng.integers(0, len(d), size=len(d))].mean() for _ in range(found["rounds"])]
+        assert (found["rounds"], found["seed"]) == (1000, 42)
+        assert found["ci"] == pytest.approx(list(np.percentile(means, [2.5, 97.5])), abs=1e-12)
+    assert np.mean(list(margins[best].values())) == pytest.approx(scores[best][0])
+    low = sel["paired_vs_best"][runner]["ci"][0]
+    assert sel["distinguishable"] is bool(low > 0)  # maximize: the interval lies above 0
     md = (report / "selection.md").read_text()
     assert f"(experiment `{best}`)" in md and "lambda\\*" in md
     assert all(f"`{n}`" in md for n in NAMES)

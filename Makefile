@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test lint bench clean plots browser
+.PHONY: setup run test test-fast lint bench clean plots browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,11 +60,20 @@ $(PLOTS_TEMPLATE): node_modules/.package-lock.json src/sp2dpo/report/plots_html.
 plots: $(PLOTS_TEMPLATE)
 	dvc plots show -o build/plots/show
 
-# Tests: the whole suite (slow tests included), lint first.
+# Tests: the whole suite (slow tests included), lint first, on $(TEST_WORKERS) pytest-xdist
+# workers (docs/development.md: the groups that keep one worker, the longest tests first).
+# `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 2
 test: setup node_modules/.package-lock.json browser
 	dvc pull -q data.dvc evalsets.dvc
 	ruff check src stages tests benchmarks
-	pytest -q
+	pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
+# The fast tests only (no slow marker: no pipeline, real server or browser run), lint first.
+test-fast: setup
+	dvc pull -q data.dvc evalsets.dvc
+	ruff check src stages tests benchmarks
+	pytest -q -m "not slow"
 
 lint: setup
 	ruff check src stages tests benchmarks

@@ -201,7 +201,7 @@ def require_capabilities() -> bool:
 
 
 #: Tests skipped or failed for a missing capability, by capability name.
-_LACKING: dict[str, list[str]] = {}
+_LACKING: dict[str, set[str]] = {}
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -212,12 +212,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         why = missing_capability(marker)
         if why is None:
             continue
-        _LACKING.setdefault(name, []).append(item.nodeid)
+        _LACKING.setdefault(name, set()).add(item.nodeid)
+        item.user_properties.append(("missing_capability", name))  # for the xdist controller
         if require_capabilities():
             pytest.fail(
                 f"{why} ({REQUIRE_CAPABILITIES}=1: a missing capability fails)", pytrace=False
             )
         pytest.skip(f"SKIPPED: {why}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Under ``pytest -n`` the setup above runs in a worker: its report tells the controller."""
+    for key, name in report.user_properties:
+        if key == "missing_capability":
+            _LACKING.setdefault(name, set()).add(report.nodeid)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -230,6 +238,107 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(
             f"MISSING CAPABILITIES: {', '.join(parts)}; those tests {verdict}", red=True, bold=True
         )
+
+
+# ------------------------------------------------------------------ parallel runs (pytest -n)
+
+#: Test files that run commands in the workspace itself (``cwd=ROOT`` or ``chdir(ROOT)``: the
+#: CLI, a nested pytest of the suite, a stage that writes its run log under ``logs/``). Under
+#: ``pytest -n 2 --dist loadgroup`` (pytest-xdist, ``make test``) they form one group, run by one
+#: worker one after another, with tests/test_rehearse.py, whose rehearsal requires the workspace
+#: (``git status --ignored``, ``mlflow.db``) to be unchanged while it runs. A new test file that
+#: runs something with ``cwd=ROOT`` belongs here.
+WORKSPACE_FILES = frozenset(
+    {
+        "tests/test_rehearse.py",
+        "tests/test_rehearse_inputs.py",
+        "tests/test_core_entry.py",
+        "tests/test_numerics.py",
+        "tests/test_report_plots_html.py",
+        "tests/test_evaluate_stage_stop.py",
+        "tests/test_evaluate_mtbench.py",
+        "tests/test_evaluate_arenahard.py",
+        "tests/test_evaluate_prefeval.py",
+        "tests/test_evaluate_suites.py",
+        "tests/test_evaluate_judge_keys.py",
+    }
+)
+
+#: The tests of the session fixture ``serve`` (a real ``transformers serve``): one group, so the
+#: run starts one server, not one per worker. A new test of ``serve`` belongs here.
+SERVE_TESTS = (
+    "tests/test_annotate_serve.py::",
+    "tests/test_evaluate_judge.py::test_judge_through_transformers_serve",
+)
+
+#: The longest tests, longest first: under ``pytest -n`` they are handed out before everything
+#: else, so that no worker starts one of them last while the other sits idle. The workspace
+#: group goes where its longest test (the rehearsal) is.
+LONGEST = (
+    "tests/integration/test_full_pipeline.py::",  # the whole DAG, then `sp2dpo verify` twice
+    "tests/test_rehearse.py::test_rehearsal_",  # the paper's 29 stages, twice
+    "tests/integration/test_reproduce.py::test_readme_run_command",  # `make run`
+    "tests/integration/test_sweep_dvc.py::",  # four experiments on two DVC queue workers
+    "tests/integration/test_queue_dvc.py::",
+    "tests/integration/test_train_multiprocess.py::",
+    "tests/test_train_smoke.py::",
+)
+
+
+def _group(nodeid: str) -> str | None:
+    """The xdist group of a test (``None``: a unit of its own)."""
+    if nodeid.split("::", 1)[0] in WORKSPACE_FILES:
+        return "workspace"
+    if nodeid.startswith(SERVE_TESTS):
+        return "serve"
+    return None
+
+
+def _rank(nodeid: str) -> int:
+    return next((i for i, prefix in enumerate(LONGEST) if nodeid.startswith(prefix)), len(LONGEST))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadgroup`` with the groups above. (pytest-xdist's own ``xdist_group`` marker
+    does not group under pytest 9.2: it renames ``item._nodeid``, which pytest 9 no longer
+    reads; the controller groups by node id here instead, which needs neither.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class Scheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid) or super()._split_scope(nodeid)
+
+    return Scheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n`` (in each worker, alike): the longest tests first, a group where its
+    longest test is (and before the single tests of that rank: it is one long unit of work).
+    Serial runs keep the collection order."""
+    if not hasattr(config, "workerinput"):  # not an xdist worker
+        return
+    rank: dict[str, tuple[int, int]] = {}
+    for item in items:
+        group = _group(item.nodeid)
+        # a group (many tests, one worker) before the single tests of its rank
+        mine = (_rank(item.nodeid), 0 if group else 1)
+        rank[group or item.nodeid] = min(rank.get(group or item.nodeid, mine), mine)
+    # sorted() is stable: within a rank the collection order stays.
+    items[:] = sorted(items, key=lambda i: rank[_group(i.nodeid) or i.nodeid])
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under ``pytest -n``, compile the project's modules before any test (in the controller):
+    a worker's first import of a module then never makes a new ``__pycache__`` folder appear in
+    the workspace while the rehearsal test watches it."""
+    if hasattr(session.config, "workerinput") or not getattr(session.config.option, "numprocesses", None):
+        return
+    import compileall
+
+    for folder in ("src", "tests", "stages", "benchmarks"):
+        compileall.compile_dir(str(ROOT / folder), quiet=1)
 
 
 # ---------------------------------------------------------------------------------- fixtures

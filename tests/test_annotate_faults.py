@@ -327,6 +327,7 @@ def test_sigkill_mid_run_resumes_without_redoing_or_duplicating(tmp_path, start_
     assert sum(before.values()) <= len(done) + 4
 
 
+@pytest.mark.slow  # a real annotate process stopped mid-run and run again: about 13 s each
 @pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]],
                          ids=["sigterm", "double-sigint"])
 def test_stopping_signals_store_every_call_in_flight(tmp_path, signals, start_annotate):

@@ -93,6 +93,7 @@ TRL_TWINS = {
 }
 
 
+@pytest.mark.slow  # 24 trainings (ours and TRL's) for 12 cases: about 90 s of `make test-fast` otherwise
 @pytest.mark.parametrize("precompute", [True, False], ids=["precomputed-ref", "online-ref"])
 @pytest.mark.parametrize("loss", sorted(TRL_TWINS))
 def test_constant_beta_equals_trl(tiny, tmp_path, loss, precompute):

@@ -261,6 +261,7 @@ WORKSPACE_FILES = frozenset(
         "tests/test_evaluate_prefeval.py",
         "tests/test_evaluate_suites.py",
         "tests/test_evaluate_judge_keys.py",
+        "tests/test_evaluate_suite_protocol.py",
     }
 )
 

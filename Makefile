@@ -60,21 +60,23 @@ $(PLOTS_TEMPLATE): node_modules/.package-lock.json src/sp2dpo/report/plots_html.
 plots: $(PLOTS_TEMPLATE)
 	dvc plots show -o build/plots/show
 
-# Tests: the whole suite (slow tests included), lint first, on $(TEST_WORKERS) pytest-xdist
-# workers (docs/development.md: the groups that keep one worker, the longest tests first).
-# `make test TEST_WORKERS=0` runs it in one process.
-TEST_WORKERS ?= 2
+# Tests: the whole suite (slow tests included), lint first. In one process by default: on two
+# pytest-xdist workers (`make test TEST_WORKERS=2`; docs/development.md: the groups that keep one
+# worker, the longest tests first) the full-pipeline test, one process at full CPU for most of
+# its time, takes about twice as long beside the other worker and outlasts the serial total.
+TEST_WORKERS ?= 0
 test: setup node_modules/.package-lock.json browser
 	dvc pull -q data.dvc evalsets.dvc
 	ruff check src stages tests benchmarks
 	pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # The fast tests only (no slow marker: no pipeline, real server or browser run), lint first;
-# on the same workers as `make test` (one process: about 1.7 times as long).
+# on two pytest-xdist workers (in one process they take about 1.7 times as long).
+FAST_WORKERS ?= 2
 test-fast: setup
 	dvc pull -q data.dvc evalsets.dvc
 	ruff check src stages tests benchmarks
-	pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	pytest -q -m "not slow" -n $(FAST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: setup
 	ruff check src stages tests benchmarks

@@ -60,11 +60,10 @@ $(PLOTS_TEMPLATE): node_modules/.package-lock.json src/sp2dpo/report/plots_html.
 plots: $(PLOTS_TEMPLATE)
 	dvc plots show -o build/plots/show
 
-# Tests: the whole suite (slow tests included), lint first. In one process by default: on two
-# pytest-xdist workers (`make test TEST_WORKERS=2`; docs/development.md: the groups that keep one
-# worker, the longest tests first) the full-pipeline test, one process at full CPU for most of
-# its time, takes about twice as long beside the other worker and outlasts the serial total.
-TEST_WORKERS ?= 0
+# Tests: the whole suite (slow tests included), lint first, on two pytest-xdist workers, each with
+# its share of the cores (tests/conftest.py sets OMP_NUM_THREADS; docs/development.md: the groups
+# that keep one worker, the longest tests first). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: setup node_modules/.package-lock.json browser
 	dvc pull -q data.dvc evalsets.dvc
 	ruff check src stages tests benchmarks

@@ -17,7 +17,21 @@ from pathlib import Path
 
 import pytest
 
-import sp2dpo  # noqa: F401  (pins the CPU numerics for the suite and every subprocess it starts)
+
+def _split_cores() -> None:
+    """Under ``pytest -n N`` (an xdist worker): give each worker its share of the CPU cores
+    (``OMP_NUM_THREADS``, unless set), for its own torch and every process it starts (DVC's
+    stages, a trainer, a server). Otherwise each of the N workers' torch takes every core, and
+    the threads of N processes spinning on the same cores slow all of them down (the pinned
+    numerics give the same bytes with any thread count). Before anything imports torch."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+
+_split_cores()
+
+import sp2dpo  # noqa: E402, F401  (pins the CPU numerics for the suite and every subprocess it starts)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -276,7 +290,7 @@ SERVE_TESTS = (
 #: else, so that no worker starts one of them last while the other sits idle. The workspace
 #: group goes where its longest test (the rehearsal) is.
 LONGEST = (
-    "tests/integration/test_full_pipeline.py::",  # the whole DAG, then `sp2dpo verify` twice
+    "tests/integration/test_full_pipeline.py::",  # the whole DAG, `dvc exp run`, `sp2dpo verify`
     "tests/test_rehearse.py::test_rehearsal_",  # the paper's 29 stages, twice
     "tests/integration/test_reproduce.py::test_readme_run_command",  # `make run`
     "tests/integration/test_sweep_dvc.py::",  # four experiments on two DVC queue workers
@@ -310,6 +324,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     class Scheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return _group(nodeid) or super()._split_scope(nodeid)
+
+        def _reschedule(self, node) -> None:
+            # One unit queued behind the running test, not xdist's two: a unit queued behind a
+            # long test waits for it while the other worker may run out of work. (A worker
+            # runs a test once it knows the next one, so one must stay queued.)
+            if self.workqueue and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
 
     return Scheduling(config, log)
 

@@ -46,7 +46,7 @@ def _cmd_rehearse(args: argparse.Namespace) -> None:
         make_folder(args.workdir, what="--workdir")
     options = run.Options(project=Path("."), params=args.params, overrides=tuple(args.set),
                           scale=args.scale, workdir=args.workdir, max_steps=args.max_steps,
-                          train_pairs=args.train_pairs)
+                          train_pairs=args.train_pairs, reruns=not args.no_reruns)
     result = run.run(options)
     if args.json:
         print_json(result)
@@ -85,5 +85,9 @@ def add_rehearse(sub: Subparsers) -> None:
     p.add_argument("--train-pairs", type=non_negative_int, default=16, metavar="N",
                    help="pairs each training run tokenizes, precomputes the reference for and trains "
                    "on (train.limit; default 16; 0: every annotated pair, hours per run on a CPU)")
+    p.add_argument("--no-reruns", action="store_true",
+                   help="skip the forced re-runs of annotate and eval with every call stored (a "
+                   "second rehearsal in the same --workdir: the first measured them; \"rerun\" is "
+                   "then empty)")
     p.add_argument("--json", action="store_true", help="print the measurements as one JSON object")
     p.set_defaults(func=_cmd_rehearse)

@@ -17,21 +17,18 @@ from pathlib import Path
 
 import pytest
 
+import sp2dpo  # noqa: F401  (pins the CPU numerics for the suite and every subprocess it starts)
+from sp2dpo.sweep.queue import cpu_threads
 
-def _split_cores() -> None:
-    """Under ``pytest -n N`` (an xdist worker): give each worker its share of the CPU cores
-    (``OMP_NUM_THREADS``, unless set), for its own torch and every process it starts (DVC's
-    stages, a trainer, a server). Otherwise each of the N workers' torch takes every core, and
-    the threads of N processes spinning on the same cores slow all of them down (the pinned
-    numerics give the same bytes with any thread count). Before anything imports torch."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-
-
-_split_cores()
-
-import sp2dpo  # noqa: E402, F401  (pins the CPU numerics for the suite and every subprocess it starts)
+# Under ``pytest -n N`` (an xdist worker): each worker gets its share of the CPU cores, as the
+# sweep's DVC queue workers do (``OMP_NUM_THREADS``, unless set), for its own torch and every
+# process it starts (DVC's stages, a trainer, a server). Otherwise each of the N workers' torch
+# takes every core, and the threads of N processes spinning on the same cores slow all of them
+# down (the pinned numerics give the same bytes with any thread count). Before anything imports
+# torch (neither import above does).
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+if _XDIST_WORKERS > 1:
+    cpu_threads(os.environ, _XDIST_WORKERS)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,7 @@ def worker_env(repo: Path, environ: Mapping[str, str] | None = None) -> dict[str
     return env
 
 
-def cpu_threads(env: dict[str, str], jobs: int) -> None:
+def cpu_threads(env: MutableMapping[str, str], jobs: int) -> None:
     """Split the CPU cores between ``jobs`` workers (``OMP_NUM_THREADS``, unless set): each
     torch process otherwise takes every core, and N workers on a CPU machine oversubscribe it."""
     cores = os.cpu_count() or 1

@@ -70,12 +70,11 @@ test: setup node_modules/.package-lock.json browser
 	pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # The fast tests only (no slow marker: no pipeline, real server or browser run), lint first;
-# on two pytest-xdist workers (in one process they take about 1.7 times as long).
-FAST_WORKERS ?= 2
+# on the same workers as `make test` (in one process they take about 1.7 times as long).
 test-fast: setup
 	dvc pull -q data.dvc evalsets.dvc
 	ruff check src stages tests benchmarks
-	pytest -q -m "not slow" -n $(FAST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: setup
 	ruff check src stages tests benchmarks
